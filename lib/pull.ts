@@ -1,0 +1,376 @@
+/**
+ * The pull pipeline: reference → registry → platform → verified blobs →
+ * docker-archive. Everything here reports progress as events and failures
+ * as {@link ImgpullError}s; nothing prints or exits.
+ *
+ * @module
+ */
+import { type Credential, lookupCredential } from "./auth/credentials.ts";
+import { decompressLayer, sniffCompression } from "./compression.ts";
+import { digestOf, parseDigest } from "./digest.ts";
+import { InvalidContentError, LocalIoError, UsageError } from "./errors.ts";
+import type { PullEventSink } from "./events.ts";
+import { downloadBlob } from "./fetch.ts";
+import type { Descriptor } from "./manifest.ts";
+import { schema1Config } from "./manifest.ts";
+import { isForeignLayer, layerCompression, MediaType } from "./media_types.ts";
+import { formatPlatform, hostPlatform, parsePlatform, type Platform } from "./platform.ts";
+import { familiarName, parseReference, type Reference } from "./reference.ts";
+import { RegistryClient } from "./registry.ts";
+import { listPlatforms, type PlatformEntry, type ResolvedImage, resolveImage } from "./resolve.ts";
+import { Semaphore } from "./semaphore.ts";
+import { BlobStore, localIoError } from "./store.ts";
+import { registryTls } from "./tls.ts";
+import { type ArchiveLayer, writeDockerArchive } from "./writers/docker_archive.ts";
+
+/** Reads environment variables; injectable so that the library needs no global state. */
+export interface EnvReader {
+  get(name: string): string | undefined;
+}
+
+/** How to reach the registry. */
+export interface ConnectOptions {
+  /** `--username` / `--password`: used before any docker config. */
+  username?: string;
+  password?: string;
+  /** PEM files of extra CAs (`--ca-cert`). */
+  caCertFiles?: string[];
+  /** Per-registry certificate directories; default Docker's and Podman's `certs.d`. */
+  certsDirs?: string[];
+  /** Allow plain HTTP for a registry that is not on loopback. */
+  plainHttp?: boolean;
+  /** Environment for docker config lookup (HOME, DOCKER_CONFIG). */
+  env?: EnvReader;
+  onEvent?: PullEventSink;
+  signal?: AbortSignal;
+  /** Overrides the manifest Accept list (tests use it to get schema1). */
+  manifestAccept?: readonly string[];
+}
+
+/** What to pull and where. */
+export interface PullOptions extends ConnectOptions {
+  reference: string;
+  /** `os/arch[/variant]`; default: the host's, as Docker picks it. */
+  platform?: string;
+  /** Archive path; default {@link defaultOutputName}. */
+  output?: string;
+  /** Layers downloaded at once (default 3). */
+  maxConcurrentDownloads?: number;
+  /** Retries per blob after a transient failure (default 3). */
+  retries?: number;
+}
+
+/** What a pull produced. */
+export interface PullResult {
+  output: string;
+  /** `sha256:<hex>` of the config: the ID docker shows. */
+  imageId: string;
+  repoTags: string[];
+  platform: string;
+  layers: number;
+  /** Bytes of layer data in the archive. */
+  bytes: number;
+}
+
+/**
+ * The archive name the old `docker_pull.py` used (`library_nginx.tar` for
+ * `nginx`): the repository path with `/` → `_`, plus `_<tag>` for a tag
+ * other than `latest`, or `_sha256-<12 hex>` for a pull by digest only.
+ * It never contains `:` (which breaks `podman load`).
+ */
+export function defaultOutputName(ref: Reference): string {
+  let name = ref.repository.replaceAll("/", "_");
+  if (ref.tag && ref.tag !== "latest") name += `_${ref.tag}`;
+  else if (!ref.tag && ref.digest) name += `_${ref.digest.replace(":", "-").slice(0, 19)}`;
+  return `${name.replaceAll(":", "_")}.tar`;
+}
+
+/**
+ * The `RepoTags` entry: the familiar name with the tag (`nginx:latest`,
+ * `quay.io/org/app:v1`). A pull by digest alone has no tag, so the tag is
+ * `sha256-<full hex>` (as cosign names digests): valid, and the digest can
+ * be read back from it.
+ */
+export function repoTagFor(ref: Reference): string {
+  const tag = ref.tag ?? `${ref.digest!.replace(":", "-")}`;
+  return `${familiarName(ref)}:${tag}`;
+}
+
+/** The platform to pull: the flag, else `DOCKER_DEFAULT_PLATFORM`, else `linux/<host arch>`. */
+export function requestedPlatform(flag: string | undefined, env?: EnvReader): Platform {
+  if (flag !== undefined) return parsePlatform(flag);
+  return hostPlatform({
+    DOCKER_DEFAULT_PLATFORM: env?.get("DOCKER_DEFAULT_PLATFORM"),
+    arch: Deno.build.arch,
+  });
+}
+
+/** Opens a registry client for `ref`, with TLS settings and credentials, and pings it. */
+export async function connect(ref: Reference, options: ConnectOptions): Promise<RegistryClient> {
+  const tls = await registryTls(ref.registry, options.caCertFiles, options.certsDirs);
+  const log = (message: string) => options.onEvent?.({ type: "debug", message });
+  const credential = async (): Promise<Credential | undefined> => {
+    if (options.username !== undefined) {
+      return { username: options.username, password: options.password ?? "", source: "flags" };
+    }
+    if (!options.env) return undefined;
+    const found = await lookupCredential(ref.registry, { env: options.env });
+    if (found) log(`credentials for ${ref.registry} from ${found.source}`);
+    return found;
+  };
+  const client = new RegistryClient({
+    registry: ref.registry,
+    repository: ref.repository,
+    tls,
+    plainHttp: options.plainHttp,
+    credential,
+    log,
+    manifestAccept: options.manifestAccept,
+    signal: options.signal,
+  });
+  try {
+    await client.ping();
+  } catch (e) {
+    client.close();
+    throw e;
+  }
+  return client;
+}
+
+/** Lists the platforms of an image without pulling it. */
+export async function listImagePlatforms(
+  reference: string,
+  options: ConnectOptions = {},
+): Promise<PlatformEntry[]> {
+  const ref = parseReference(reference);
+  const client = await connect(ref, options);
+  try {
+    return await listPlatforms(client, ref);
+  } finally {
+    client.close();
+  }
+}
+
+/** Checks the destination before any download: not a directory, in a writable directory. */
+async function checkDestination(output: string): Promise<string> {
+  try {
+    const info = await Deno.stat(output);
+    if (info.isDirectory) {
+      throw new LocalIoError(`output path ${output} is a directory`, {
+        hint: "give a file name with -o, e.g. -o image.tar",
+      });
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw localIoError(e, `cannot use ${output}`);
+  }
+  const slash = output.lastIndexOf("/");
+  return slash > 0 ? output.slice(0, slash) : slash === 0 ? "/" : ".";
+}
+
+/** Pulls one image for one platform into a docker-archive. */
+export async function pull(options: PullOptions): Promise<PullResult> {
+  const ref = parseReference(options.reference);
+  const platform = requestedPlatform(options.platform, options.env);
+  const concurrency = options.maxConcurrentDownloads ?? 3;
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new UsageError(`--max-concurrent-downloads must be a positive integer`);
+  }
+  const output = options.output ?? defaultOutputName(ref);
+  const outputDir = await checkDestination(output);
+  const onEvent = options.onEvent ?? (() => {});
+
+  // One signal for everything: the caller's, or ours when a sibling download fails.
+  const failure = new AbortController();
+  const signal = options.signal
+    ? AbortSignal.any([options.signal, failure.signal])
+    : failure.signal;
+  const client = await connect(ref, { ...options, signal });
+  let store: BlobStore | undefined;
+  try {
+    const resolved = await resolveImage(client, ref, platform, onEvent);
+    store = await BlobStore.createIn(outputDir);
+    const semaphore = new Semaphore(concurrency);
+    const image = resolved.kind === "image"
+      ? await fetchImageLayers(client, resolved, store, semaphore, options, signal, failure)
+      : await fetchSchema1Layers(client, resolved, store, semaphore, options, signal, failure);
+    const repoTags = [repoTagFor(ref)];
+    await writeDockerArchive(output, { repoTags, ...image });
+    return {
+      output,
+      imageId: image.configDigest,
+      repoTags,
+      platform: resolved.platform,
+      layers: image.layers.length,
+      bytes: image.layers.reduce((sum, l) => sum + l.size, 0),
+    };
+  } finally {
+    client.close();
+    await store?.remove();
+  }
+}
+
+interface FetchedImage {
+  configDigest: string;
+  configBytes: Uint8Array;
+  layers: ArchiveLayer[];
+}
+
+/**
+ * Runs one task per item under the semaphore. The first failure aborts the
+ * rest, and all tasks are settled before returning, so no transfer outlives
+ * the pull (its temporary files are about to be removed).
+ */
+async function runAll<T, R>(
+  items: readonly T[],
+  semaphore: Semaphore,
+  failure: AbortController,
+  task: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results = await Promise.allSettled(items.map((item, index) =>
+    semaphore.run(async () => {
+      failure.signal.throwIfAborted();
+      try {
+        return await task(item, index);
+      } catch (e) {
+        failure.abort(e);
+        throw e;
+      }
+    })
+  ));
+  const firstError = failure.signal.aborted ? failure.signal.reason : undefined;
+  const rejected = results.find((r) => r.status === "rejected");
+  if (rejected) throw firstError ?? (rejected as PromiseRejectedResult).reason;
+  return results.map((r) => (r as PromiseFulfilledResult<R>).value);
+}
+
+async function fetchImageLayers(
+  client: RegistryClient,
+  resolved: Extract<ResolvedImage, { kind: "image" }>,
+  store: BlobStore,
+  semaphore: Semaphore,
+  options: PullOptions,
+  signal: AbortSignal,
+  failure: AbortController,
+): Promise<FetchedImage> {
+  const { manifest, config, configBytes } = resolved;
+  const onEvent = options.onEvent ?? (() => {});
+  const configType = manifest.config.mediaType;
+  if (configType && configType !== MediaType.ociConfig && configType !== MediaType.dockerConfig) {
+    throw new InvalidContentError(
+      `not a container image: config media type ${JSON.stringify(configType.slice(0, 100))}`,
+    );
+  }
+  for (const layer of manifest.layers) {
+    if (layerCompression(layer.mediaType) === undefined) {
+      throw new InvalidContentError(
+        `unsupported layer media type ${JSON.stringify(layer.mediaType.slice(0, 100))}`,
+      );
+    }
+  }
+  const layers = await runAll(manifest.layers, semaphore, failure, async (layer, index) => {
+    const diffId = config.diffIds[index];
+    const foreign = isForeignLayer(layer.mediaType) || (layer.urls?.length ?? 0) > 0;
+    if (foreign) {
+      onEvent({
+        type: "notice",
+        message: `Layer ${shortDigest(layer.digest)} is a foreign layer` +
+          (layer.urls?.length ? ` (urls: ${layer.urls.join(", ")})` : "") +
+          `; fetching it from the registry`,
+      });
+    }
+    const path = await downloadBlob(client, layer, store, {
+      signal,
+      onEvent,
+      retries: options.retries,
+      role: "layer",
+      index,
+    });
+    const archived: ArchiveLayer = { digest: layer.digest, path, size: layer.size };
+    if (foreign) archived.foreignSource = { diffId, descriptor: foreignDescriptor(layer) };
+    if (layerCompression(layer.mediaType) === "zstd") {
+      return await convertZstdLayer(archived, diffId, store, onEvent);
+    }
+    return archived;
+  });
+  return { configDigest: manifest.config.digest, configBytes, layers };
+}
+
+/** The descriptor `docker save` records in LayerSources. */
+function foreignDescriptor(layer: Descriptor): Descriptor {
+  const d: Descriptor = { mediaType: layer.mediaType, size: layer.size, digest: layer.digest };
+  if (layer.urls) d.urls = layer.urls;
+  return d;
+}
+
+/**
+ * Docker 20.10 cannot load zstd layers: store the layer uncompressed, check
+ * its diff_id on the way, and archive that instead.
+ */
+async function convertZstdLayer(
+  layer: ArchiveLayer,
+  diffId: string,
+  store: BlobStore,
+  onEvent: PullEventSink,
+): Promise<ArchiveLayer> {
+  const tempPath = store.tempPath("zstd");
+  const { diffId: actual, size } = await decompressLayer(layer.path, "zstd", tempPath);
+  if (actual !== diffId) {
+    await Deno.remove(tempPath).catch(() => {});
+    throw new InvalidContentError(
+      `layer ${layer.digest} decompresses to ${actual}, but the config says ${diffId}`,
+    );
+  }
+  const path = await store.commit(tempPath, diffId);
+  onEvent({
+    type: "notice",
+    message: `Layer ${shortDigest(layer.digest)} is zstd-compressed; ` +
+      `stored uncompressed so that older docker load can read it`,
+  });
+  return { ...layer, digest: diffId, path, size };
+}
+
+async function fetchSchema1Layers(
+  client: RegistryClient,
+  resolved: Extract<ResolvedImage, { kind: "schema1" }>,
+  store: BlobStore,
+  semaphore: Semaphore,
+  options: PullOptions,
+  signal: AbortSignal,
+  failure: AbortController,
+): Promise<FetchedImage> {
+  const onEvent = options.onEvent ?? (() => {});
+  onEvent({
+    type: "notice",
+    message: "Registry sent a schema1 manifest; building an image config from its history",
+  });
+  // Throwaway (empty) layers contribute nothing: no download, no diff_id.
+  const real = resolved.manifest.layers.filter((l) => !l.throwaway);
+  const layers = await runAll(real, semaphore, failure, async (layer, index) => {
+    // Schema1 has no sizes; the digest check still covers every byte.
+    const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
+    const path = await downloadBlob(client, descriptor, store, {
+      signal,
+      onEvent,
+      retries: options.retries,
+      role: "layer",
+      index,
+    });
+    const { diffId } = await decompressLayer(path, await sniffCompression(path));
+    const size = (await Deno.stat(path)).size;
+    return { layer: { digest: layer.blobSum, path, size } as ArchiveLayer, diffId };
+  });
+  const configBytes = schema1Config(resolved.manifest, layers.map((l) => l.diffId));
+  return {
+    configDigest: digestOf(configBytes),
+    configBytes,
+    layers: layers.map((l) => l.layer),
+  };
+}
+
+/** `sha256:0123456789ab` for messages. */
+export function shortDigest(digest: string): string {
+  const d = parseDigest(digest);
+  return `${d.algorithm}:${d.hex.slice(0, 12)}`;
+}
+
+export { formatPlatform };

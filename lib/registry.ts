@@ -1,0 +1,171 @@
+/**
+ * A client for one repository of one registry (distribution spec): it
+ * chooses the scheme, owns authentication and asks for manifests and blobs.
+ * Verification of what comes back is the caller's ({@link ./fetch.ts}).
+ *
+ * @module
+ */
+import { AuthSession } from "./auth/session.ts";
+import type { Credential } from "./auth/credentials.ts";
+import { NetworkError } from "./errors.ts";
+import { MANIFEST_ACCEPT } from "./media_types.ts";
+import { MAX_MANIFEST_BYTES } from "./manifest.ts";
+import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
+import { errorForResponse, readCapped, type TlsOptions, Transport } from "./transport.ts";
+
+/** How to reach a registry. */
+export interface RegistryClientOptions {
+  /** As in a reference: "docker.io" or "host[:port]". */
+  registry: string;
+  repository: string;
+  tls?: TlsOptions;
+  /** Use plain HTTP for a registry that is not on loopback. */
+  plainHttp?: boolean;
+  /** Resolves the credential to use, if any (called lazily, at most once). */
+  credential?: () => Promise<Credential | undefined>;
+  /** Debug log sink; never receives secrets. */
+  log?: (message: string) => void;
+  /** Overrides the manifest `Accept` list (tests use it to ask for schema1). */
+  manifestAccept?: readonly string[];
+  signal?: AbortSignal;
+}
+
+/** A manifest as the registry sent it. */
+export interface FetchedManifest {
+  bytes: Uint8Array<ArrayBuffer>;
+  contentType: string | null;
+  /** The registry's `Docker-Content-Digest`, unverified. */
+  digestHeader: string | null;
+}
+
+/** Talks to `/v2/<repository>/…` of one registry. */
+export class RegistryClient {
+  readonly options: RegistryClientOptions;
+  readonly #transport: Transport;
+  readonly #session: AuthSession;
+  #base?: string;
+
+  constructor(options: RegistryClientOptions) {
+    this.options = options;
+    this.#transport = new Transport(options.tls);
+    this.#session = new AuthSession({
+      transport: this.#transport,
+      repository: options.repository,
+      registry: options.registry,
+      credential: options.credential ?? (() => Promise.resolve(undefined)),
+      log: options.log,
+    });
+  }
+
+  /** `scheme://host` chosen by {@link ping}. */
+  get baseUrl(): string {
+    if (!this.#base) throw new Error("RegistryClient.ping() must be called first");
+    return this.#base;
+  }
+
+  /**
+   * `GET /v2/`: picks the scheme and answers the auth challenge once, so that
+   * all later (concurrent) requests start with a valid token. HTTPS always,
+   * except for loopback registries, which fall back to HTTP as Docker does,
+   * and registries named with --plain-http.
+   */
+  async ping(): Promise<void> {
+    const host = registryApiHost(this.options.registry);
+    if (this.options.plainHttp) {
+      await this.#pingBase(`http://${host}`);
+      return;
+    }
+    try {
+      await this.#pingBase(`https://${host}`);
+    } catch (httpsError) {
+      if (!(httpsError instanceof NetworkError) || !isLoopbackRegistry(this.options.registry)) {
+        throw httpsError;
+      }
+      this.options.log?.(`HTTPS to ${host} failed, trying plain HTTP (loopback registry)`);
+      try {
+        await this.#pingBase(`http://${host}`);
+      } catch {
+        throw httpsError;
+      }
+    }
+  }
+
+  async #pingBase(base: string): Promise<void> {
+    const response = await this.#transport.fetch(`${base}/v2/`, { signal: this.options.signal });
+    if (response.status === 401) {
+      this.#base = base;
+      await this.#session.challenged(response, undefined);
+      await response.body?.cancel();
+      return;
+    }
+    if (!response.ok) {
+      this.#base = undefined;
+      throw await errorForResponse(response, `registry API at ${base}/v2/`);
+    }
+    await response.body?.cancel();
+    this.#base = base;
+  }
+
+  /**
+   * Sends an authorised GET: on 401 the session answers the new challenge
+   * and the request is sent once more. Returns the response whatever its
+   * status.
+   */
+  async #get(path: string, headers: HeadersInit, signal?: AbortSignal): Promise<Response> {
+    const url = `${this.baseUrl}/v2/${this.options.repository}/${path}`;
+    for (let attempt = 0;; attempt++) {
+      const authorization = await this.#session.authorization();
+      const requestHeaders = new Headers(headers);
+      if (authorization) requestHeaders.set("authorization", authorization);
+      const response = await this.#transport.fetch(url, {
+        headers: requestHeaders,
+        signal: signal ?? this.options.signal,
+      });
+      if (response.status !== 401 || attempt > 0) return response;
+      await this.#session.challenged(response, authorization);
+      await response.body?.cancel();
+    }
+  }
+
+  /** Fetches a manifest by tag or digest, capped at 4 MiB. */
+  async getManifest(reference: string): Promise<FetchedManifest> {
+    const accept = (this.options.manifestAccept ?? MANIFEST_ACCEPT).join(", ");
+    const what = `manifest ${this.options.registry}/${this.options.repository}:${reference}`;
+    const response = await this.#get(`manifests/${reference}`, {
+      accept,
+      "accept-encoding": "identity",
+    });
+    if (!response.ok) throw await errorForResponse(response, what);
+    return {
+      bytes: await readCapped(response, MAX_MANIFEST_BYTES, what),
+      contentType: response.headers.get("content-type"),
+      digestHeader: response.headers.get("docker-content-digest"),
+    };
+  }
+
+  /**
+   * Opens a blob (config or layer) for streaming. `Accept-Encoding: identity`
+   * keeps fetch from decoding the body, so the digest is checked against the
+   * bytes the registry stores. The caller must consume or cancel the body.
+   */
+  async openBlob(
+    digest: string,
+    init: { signal?: AbortSignal; range?: { start: number; end?: number } } = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = { "accept-encoding": "identity" };
+    if (init.range) headers.range = `bytes=${init.range.start}-${init.range.end ?? ""}`;
+    const response = await this.#get(`blobs/${digest}`, headers, init.signal);
+    if (!response.ok) {
+      throw await errorForResponse(
+        response,
+        `blob ${digest} in ${this.options.registry}/${this.options.repository}`,
+      );
+    }
+    return response;
+  }
+
+  /** Closes the connection pool. */
+  close(): void {
+    this.#transport.close();
+  }
+}

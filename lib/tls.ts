@@ -1,0 +1,71 @@
+/**
+ * Which certificates to trust for a registry: CA files given with
+ * `--ca-cert`, plus Docker's and Podman's per-registry directories
+ * (`/etc/docker/certs.d/<host[:port]>/`, `/etc/containers/certs.d/…`):
+ * `*.crt` files are CAs, a `*.cert` with its `*.key` is a client
+ * certificate for mutual TLS.
+ *
+ * @module
+ */
+import { UsageError } from "./errors.ts";
+import type { TlsOptions } from "./transport.ts";
+
+/** Where per-registry certificate directories are looked for. */
+export const CERTS_D_ROOTS = ["/etc/docker/certs.d", "/etc/containers/certs.d"];
+
+async function readIfPresent(path: string): Promise<string | undefined> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+      return undefined;
+    }
+    throw e;
+  }
+}
+
+async function listDir(path: string): Promise<string[]> {
+  try {
+    const names: string[] = [];
+    for await (const entry of Deno.readDir(path)) if (entry.isFile) names.push(entry.name);
+    return names.sort();
+  } catch {
+    // Absent or unreadable: no per-registry certificates.
+    return [];
+  }
+}
+
+/** Builds the TLS options for `registryHost` ("host[:port]"). */
+export async function registryTls(
+  registryHost: string,
+  caCertFiles: readonly string[] = [],
+  certsDirs: readonly string[] = CERTS_D_ROOTS,
+): Promise<TlsOptions> {
+  const caCerts: string[] = [];
+  for (const file of caCertFiles) {
+    const pem = await readIfPresent(file);
+    if (pem === undefined) throw new UsageError(`cannot read CA certificate ${file}`);
+    if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+      throw new UsageError(`${file} is not a PEM certificate`);
+    }
+    caCerts.push(pem);
+  }
+  const tls: TlsOptions = { caCerts };
+  for (const root of certsDirs) {
+    const dir = `${root}/${registryHost}`;
+    for (const name of await listDir(dir)) {
+      if (name.endsWith(".crt")) {
+        const pem = await readIfPresent(`${dir}/${name}`);
+        if (pem) caCerts.push(pem);
+      } else if (name.endsWith(".cert") && !tls.cert) {
+        const cert = await readIfPresent(`${dir}/${name}`);
+        const key = await readIfPresent(`${dir}/${name.slice(0, -".cert".length)}.key`);
+        if (cert && key) {
+          tls.cert = cert;
+          tls.key = key;
+        }
+      }
+    }
+  }
+  return tls;
+}

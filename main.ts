@@ -1,0 +1,382 @@
+/**
+ * imgpull command line: parse arguments, render progress, map errors to
+ * exit codes. The only module that prints or exits.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import {
+  ExitCode,
+  ImgpullError,
+  InterruptedError,
+  PlatformMismatchError,
+  PlatformNotFoundError,
+  UsageError,
+} from "./lib/errors.ts";
+import type { PullEvent } from "./lib/events.ts";
+import { formatPlatform } from "./lib/platform.ts";
+import { listImagePlatforms, pull, requestedPlatform, shortDigest } from "./lib/pull.ts";
+import { VERSION } from "./lib/version.ts";
+
+const HELP = `imgpull ${VERSION}: pull a container image into a docker-archive without Docker
+
+Usage: imgpull [options] [registry/][repository/]image[:tag|@digest]
+
+Options:
+  --platform OS/ARCH[/VARIANT]     platform to pull (default: DOCKER_DEFAULT_PLATFORM,
+                                   else linux/<host arch>)
+  --max-concurrent-downloads N     layers downloaded at once (default 3; 1 = sequential)
+  -o, --output PATH                archive to write (default: <repository>.tar with "/"
+                                   as "_", e.g. library_nginx.tar)
+  --list-platforms                 list the platforms of the image and exit
+  --username USER                  registry user name
+  --password PASS                  registry password (prefer --password-stdin)
+  --password-stdin                 read the password from standard input
+  --ca-cert FILE                   trust this CA certificate (PEM); may be repeated
+  --plain-http                     allow plain HTTP to a registry that is not on loopback
+  --retries N                      retries per blob after a transient failure (default 3)
+  -q, --quiet                      no progress, only errors and the archive path
+  --verbose                        debug messages and stack traces
+  -h, --help                       show this help
+  -V, --version                    show the version
+
+Exit codes: 0 ok, 1 platform not available, 2 usage, 3 authentication, 4 not found,
+5 integrity, 6 network/registry, 7 local file error, 8 invalid registry content,
+130 interrupted, 70 internal error.`;
+
+/** Unexpected failures (bugs) get their own code, apart from the catalogue. */
+const INTERNAL_ERROR = 70;
+
+const OPTIONS = {
+  platform: { type: "string" },
+  "max-concurrent-downloads": { type: "string" },
+  output: { type: "string", short: "o" },
+  "list-platforms": { type: "boolean" },
+  username: { type: "string", short: "u" },
+  password: { type: "string", short: "p" },
+  "password-stdin": { type: "boolean" },
+  "ca-cert": { type: "string", multiple: true },
+  "plain-http": { type: "boolean" },
+  retries: { type: "string" },
+  quiet: { type: "boolean", short: "q" },
+  verbose: { type: "boolean", short: "v" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+} as const;
+
+const encoder = new TextEncoder();
+
+function writeErr(text: string): void {
+  Deno.stderr.writeSync(encoder.encode(text));
+}
+
+/** Reads variables without failing when --allow-env does not cover them. */
+const env = {
+  get(name: string): string | undefined {
+    try {
+      return Deno.env.get(name);
+    } catch {
+      return undefined;
+    }
+  },
+};
+
+function parseCount(value: string | undefined, flag: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min) {
+    throw new UsageError(`${flag} must be an integer of at least ${min}, got "${value}"`);
+  }
+  return n;
+}
+
+async function readPasswordFromStdin(): Promise<string> {
+  const text = await new Response(Deno.stdin.readable).text();
+  return text.replace(/\r?\n$/, "");
+}
+
+function humanBytes(n: number): string {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let value = n, unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit++;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
+
+function humanSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "--";
+  if (s < 60) return `${Math.ceil(s)}s`;
+  return `${Math.floor(s / 60)}m${String(Math.ceil(s % 60)).padStart(2, "0")}s`;
+}
+
+interface BlobState {
+  label: string;
+  size: number;
+  received: number;
+  started: number;
+  done: boolean;
+}
+
+/** Renders pull events on stderr: bars on a TTY, occasional lines elsewhere. */
+class ProgressRenderer {
+  readonly #blobs = new Map<string, BlobState>();
+  readonly #tty: boolean;
+  readonly #quiet: boolean;
+  readonly #verbose: boolean;
+  #drawnLines = 0;
+  #lastPlain = 0;
+  #lastDraw = 0;
+
+  constructor(options: { quiet: boolean; verbose: boolean }) {
+    this.#quiet = options.quiet;
+    this.#verbose = options.verbose;
+    this.#tty = Deno.stderr.isTerminal();
+  }
+
+  /** A line in the old script's style, kept above the bars. */
+  line(text: string): void {
+    if (this.#quiet) return;
+    this.#clear();
+    writeErr(`${text}\n`);
+    this.#draw(true);
+  }
+
+  handle = (event: PullEvent): void => {
+    switch (event.type) {
+      case "platform":
+        if (event.exact) this.line(`[+] Found manifest for platform: ${event.chosen}`);
+        else {
+          this.line(
+            `[+] No exact match for ${event.requested}; using compatible platform: ${event.chosen}`,
+          );
+        }
+        break;
+      case "blob-start":
+        this.#blobs.set(event.digest, {
+          label: shortDigest(event.digest).slice(7, 19),
+          size: event.size,
+          received: 0,
+          started: Date.now(),
+          done: false,
+        });
+        this.#draw(false);
+        break;
+      case "blob-progress": {
+        const blob = this.#blobs.get(event.digest);
+        if (blob) blob.received = event.received;
+        this.#draw(false);
+        break;
+      }
+      case "blob-done": {
+        const blob = this.#blobs.get(event.digest);
+        if (blob) {
+          blob.done = true;
+          blob.received = event.size >= 0 ? event.size : blob.received;
+        }
+        const label = shortDigest(event.digest).slice(7, 19);
+        const size = event.size >= 0 ? event.size : blob?.received ?? 0;
+        this.line(
+          `[+] ${label}: ${event.reused ? "already present" : "downloaded"} (${humanBytes(size)})`,
+        );
+        break;
+      }
+      case "notice":
+        this.line(`[+] ${event.message}`);
+        break;
+      case "debug":
+        if (this.#verbose) this.line(`[debug] ${event.message}`);
+        break;
+    }
+  };
+
+  #status(blob: BlobState): { pct: number; text: string } {
+    const elapsed = (Date.now() - blob.started) / 1000;
+    const speed = elapsed > 0 ? blob.received / elapsed : 0;
+    const known = blob.size > 0;
+    const eta = known && speed > 0 ? (blob.size - blob.received) / speed : Infinity;
+    const pct = known ? Math.min(100, (blob.received / blob.size) * 100) : 0;
+    const amount = known
+      ? `${humanBytes(blob.received)}/${humanBytes(blob.size)}`
+      : humanBytes(blob.received);
+    return { pct, text: `${amount} ${humanBytes(speed)}/s ETA ${humanSeconds(eta)}` };
+  }
+
+  #draw(force: boolean): void {
+    if (this.#quiet) return;
+    const now = Date.now();
+    const active = [...this.#blobs.values()].filter((b) => !b.done);
+    if (!this.#tty) {
+      // Plain output: one summary line every few seconds at most.
+      if (force || now - this.#lastPlain < 5_000 || active.length === 0) return;
+      this.#lastPlain = now;
+      for (const blob of active) {
+        const s = this.#status(blob);
+        writeErr(`[+] ${blob.label}: ${s.pct.toFixed(0)}% ${s.text}\n`);
+      }
+      return;
+    }
+    if (!force && now - this.#lastDraw < 100) return;
+    this.#lastDraw = now;
+    this.#clear();
+    const width = 30;
+    for (const blob of active) {
+      const s = this.#status(blob);
+      const filled = Math.round((s.pct / 100) * width);
+      writeErr(`${blob.label} [${"=".repeat(filled)}${" ".repeat(width - filled)}] ${s.text}\n`);
+    }
+    this.#drawnLines = active.length;
+  }
+
+  #clear(): void {
+    if (!this.#tty || this.#drawnLines === 0) return;
+    writeErr(`\x1b[${this.#drawnLines}A\x1b[J`);
+    this.#drawnLines = 0;
+  }
+
+  finish(): void {
+    this.#clear();
+  }
+}
+
+function reportError(e: unknown, verbose: boolean, interrupted: boolean): number {
+  if (interrupted) {
+    writeErr(`[-] Interrupted; no archive was written\n`);
+    return ExitCode.interrupted;
+  }
+  if (e instanceof PlatformNotFoundError) {
+    writeErr(`[-] ${e.message}\n[+] Available platforms:\n`);
+    for (const p of e.available) writeErr(`  - ${p}\n`);
+  } else if (e instanceof ImgpullError) {
+    writeErr(`[-] ${e.message}\n`);
+    if (e.hint) writeErr(`[-] Hint: ${e.hint}\n`);
+  } else {
+    const message = e instanceof Error ? e.message : String(e);
+    writeErr(`[-] Unexpected error: ${message.split("\n")[0]}\n`);
+  }
+  if (verbose && e instanceof Error) {
+    writeErr(`${e.stack ?? e}\n`);
+    if (e.cause instanceof Error) writeErr(`Caused by: ${e.cause.stack ?? e.cause}\n`);
+  }
+  if (e instanceof ImgpullError) return e.exitCode;
+  return INTERNAL_ERROR;
+}
+
+/** Runs the CLI with `args`; returns the exit code. */
+export async function main(args: string[]): Promise<number> {
+  let verbose = args.includes("--verbose") || args.includes("-v");
+  const abort = new AbortController();
+  let interrupted = false;
+  const onSignal = (signal: "SIGINT" | "SIGTERM") => () => {
+    interrupted = true;
+    abort.abort(new InterruptedError(signal));
+  };
+  const signals: [Deno.Signal, () => void][] = [
+    ["SIGINT", onSignal("SIGINT")],
+    ["SIGTERM", onSignal("SIGTERM")],
+  ];
+  if (Deno.build.os !== "windows") {
+    for (const [name, handler] of signals) Deno.addSignalListener(name, handler);
+  }
+  try {
+    let parsed;
+    try {
+      parsed = parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+    } catch (e) {
+      throw new UsageError((e as Error).message.split("\n")[0], { hint: "see imgpull --help" });
+    }
+    const { values, positionals } = parsed;
+    verbose = values.verbose ?? false;
+    if (values.help) {
+      console.log(HELP);
+      return ExitCode.ok;
+    }
+    if (values.version) {
+      console.log(`imgpull ${VERSION}`);
+      return ExitCode.ok;
+    }
+    if (positionals.length !== 1) {
+      throw new UsageError(
+        positionals.length === 0 ? "missing image reference" : "give exactly one image reference",
+        { hint: "imgpull [options] IMAGE, e.g. imgpull nginx --platform linux/arm64" },
+      );
+    }
+    const reference = positionals[0];
+    const renderer = new ProgressRenderer({ quiet: values.quiet ?? false, verbose });
+    if (values.password !== undefined && values["password-stdin"]) {
+      throw new UsageError("--password and --password-stdin cannot be used together");
+    }
+    if ((values.password !== undefined || values["password-stdin"]) && !values.username) {
+      throw new UsageError("--password needs --username");
+    }
+    if (values.password !== undefined) {
+      renderer.line(
+        "[!] Warning: --password on the command line is visible to other users; " +
+          "use --password-stdin",
+      );
+    }
+    const password = values["password-stdin"] ? await readPasswordFromStdin() : values.password;
+    const connectOptions = {
+      username: values.username,
+      password,
+      caCertFiles: values["ca-cert"] ?? [],
+      plainHttp: values["plain-http"] ?? false,
+      env,
+      onEvent: renderer.handle,
+      signal: abort.signal,
+    };
+    if (values["list-platforms"]) {
+      const entries = await listImagePlatforms(reference, connectOptions);
+      for (const entry of entries) {
+        console.log(`Platform: ${entry.platform}, digest: ${entry.digest}`);
+      }
+      return ExitCode.ok;
+    }
+    const concurrency = parseCount(
+      values["max-concurrent-downloads"],
+      "--max-concurrent-downloads",
+      1,
+    );
+    const retries = parseCount(values.retries, "--retries", 0);
+    const platform = requestedPlatform(values.platform, env);
+    renderer.line(
+      `[+] Pulling ${reference} for platform ${formatPlatform(platform)}` +
+        (values.platform ? "" : " (host default)"),
+    );
+    try {
+      const result = await pull({
+        ...connectOptions,
+        reference,
+        platform: values.platform ?? formatPlatform(platform),
+        output: values.output,
+        maxConcurrentDownloads: concurrency,
+        retries,
+      });
+      renderer.finish();
+      renderer.line(
+        `[+] Wrote ${result.repoTags.join(", ")} (${result.platform}, ${result.layers} layers, ` +
+          `${humanBytes(result.bytes)}) to ${result.output}`,
+      );
+      renderer.line(`[+] Image ID: ${result.imageId}`);
+      console.log(result.output);
+      return ExitCode.ok;
+    } finally {
+      renderer.finish();
+    }
+  } catch (e) {
+    if (e instanceof PlatformMismatchError) {
+      writeErr(`[-] ${e.message}\n`);
+      return e.exitCode;
+    }
+    return reportError(e, verbose, interrupted);
+  } finally {
+    if (Deno.build.os !== "windows") {
+      for (const [name, handler] of signals) Deno.removeSignalListener(name, handler);
+    }
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}
