@@ -1,0 +1,34 @@
+/**
+ * Runs the imgpull CLI as users do: `deno run` with exactly the permissions
+ * the README documents (no -A), as a child process.
+ * @module
+ */
+import { type CommandResult, run } from "./process.ts";
+
+/** The documented permissions (README "Permissions"; deno.json task "pull"). */
+export const PERMISSIONS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env=HOME,DOCKER_CONFIG,DOCKER_DEFAULT_PLATFORM,PATH",
+  "--allow-run",
+];
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+
+/** Options for {@link imgpull}. */
+export interface CliOptions {
+  cwd?: string;
+  /** Extra environment; HOME defaults to an empty temp-free value given by the caller. */
+  env?: Record<string, string>;
+  stdin?: string;
+}
+
+/** Runs `imgpull ARGS…` and returns its exit code and output. */
+export function imgpull(args: string[], options: CliOptions = {}): Promise<CommandResult> {
+  return run(Deno.execPath(), ["run", "--quiet", "--no-config", ...PERMISSIONS, MAIN, ...args], {
+    cwd: options.cwd,
+    env: { NO_COLOR: "1", ...options.env },
+    stdin: options.stdin === undefined ? undefined : new TextEncoder().encode(options.stdin),
+  });
+}
