@@ -126,7 +126,7 @@ class ProgressRenderer {
   readonly #quiet: boolean;
   readonly #verbose: boolean;
   #drawnLines = 0;
-  #lastPlain = 0;
+  #lastPlain = Date.now();
   #lastDraw = 0;
 
   constructor(options: { quiet: boolean; verbose: boolean }) {

@@ -125,7 +125,11 @@ export function toNetworkError(e: unknown, url: URL | string): unknown {
   }
   const origin = typeof url === "string" ? url : url.origin;
   const detail = describeCause(e);
-  return new NetworkError(`cannot reach ${origin}: ${detail}`, { cause: e });
+  const tls = /certificate|UnknownIssuer|CaUsedAsEndEntity|tls|handshake/i.test(detail);
+  return new NetworkError(`cannot reach ${origin}: ${detail}`, {
+    cause: e,
+    hint: tls ? "if the registry uses a private CA, pass it with --ca-cert FILE" : undefined,
+  });
 }
 
 /** The innermost message of an error chain (fetch hides details in `cause`). */
