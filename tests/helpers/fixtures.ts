@@ -556,11 +556,21 @@ export interface FixturePlan {
 }
 
 /**
- * Builds every fixture image in memory (layer tars are staged under `workDir`, which is created
- * if missing). Pure apart from `workDir`: the same bytes on every run.
+ * Builds every fixture image in memory. Layer trees are staged in a temporary directory under
+ * `workDir` (created if missing) and removed afterwards. The same bytes on every run.
  */
 export async function buildFixtures(workDir: string): Promise<FixturePlan> {
   await Deno.mkdir(workDir, { recursive: true });
+  // A fresh staging dir, so a reused workDir never holds stale files (or existing symlinks).
+  const stage = await Deno.makeTempDir({ dir: workDir, prefix: "fixture-src-" });
+  try {
+    return await buildInto(stage);
+  } finally {
+    await Deno.remove(stage, { recursive: true });
+  }
+}
+
+async function buildInto(workDir: string): Promise<FixturePlan> {
   const base = await buildBaseTars(workDir);
   const plan = new PushPlan();
   const b: Builder = { workDir, plan, ...base, counter: 0 };
