@@ -1,8 +1,12 @@
 /**
- * Downloading blobs: each body is streamed to a temporary file while its
- * SHA-256 and size are checked, then moved into the {@link BlobStore}. No
- * blob is held in memory and no unverified byte reaches the store. A
- * dropped transfer resumes with `Range` from the bytes already hashed.
+ * Downloading blobs, verified while they stream. A large blob is split into
+ * `Range` segments fetched over several connections (each written at its
+ * own offset through its own file handle); a small one, or one from a
+ * server that ignores `Range`, streams over one connection. Either way the
+ * digest is computed over the whole blob in order: bytes that arrive at the
+ * hash cursor are hashed in memory, the rest are read back from the file
+ * once the bytes before them are in. Nothing enters the store unverified,
+ * and a dropped segment resumes from the bytes it already wrote.
  *
  * @module
  */
@@ -11,75 +15,101 @@ import { ImgpullError, IntegrityError, NetworkError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import type { RegistryClient } from "./registry.ts";
+import { Semaphore } from "./semaphore.ts";
 import { type BlobStore, localIoError } from "./store.ts";
 import { toNetworkError } from "./transport.ts";
 
-/** Size of the buffer the body is read into (a BYOB reader fills up to half of it). */
+/** Size of the buffer a body is read into (a BYOB reader fills up to half of it). */
 const READ_BUFFER_BYTES = 1024 * 1024;
 /** Emit a progress event at most this often per blob. */
 const PROGRESS_INTERVAL_MS = 200;
+/** Segments are never smaller than this: below it, a request's round trip costs more than it gains. */
+const MIN_SEGMENT_BYTES = 1024 * 1024;
+
+/** How blobs are fetched; shared by all downloads of one pull. */
+export interface FetchPolicy {
+  /** Bounds the HTTP requests streaming at once, across all blobs (the connection budget). */
+  connections: Semaphore;
+  /** Number of permits in {@link connections}. */
+  connectionCount: number;
+  /** Largest Range segment. Blobs at most this big stream over one connection. */
+  maxSegmentBytes: number;
+  /** Retries per segment after a transient failure. */
+  retries: number;
+}
+
+/** A policy with the documented defaults. */
+export function fetchPolicy(
+  options: { connections?: number; maxSegmentBytes?: number; retries?: number } = {},
+): FetchPolicy {
+  const connectionCount = options.connections ?? 16;
+  return {
+    connections: new Semaphore(connectionCount),
+    connectionCount,
+    maxSegmentBytes: options.maxSegmentBytes ?? 8 * 1024 * 1024,
+    retries: options.retries ?? 3,
+  };
+}
 
 /** Options of {@link downloadBlob}. */
 export interface DownloadOptions {
+  policy: FetchPolicy;
   signal?: AbortSignal;
   onEvent?: PullEventSink;
-  /** Retries after a transient failure (connection drop, 5xx, 429). */
-  retries?: number;
   role?: "config" | "layer";
   index?: number;
 }
 
+/** A contiguous byte range of a blob and how much of it is on disk. */
+interface Segment {
+  start: number;
+  /** Exclusive. */
+  end: number;
+  written: number;
+}
+
+/** Thrown inside a transfer when a server answers a Range request with the whole blob. */
+class RangeIgnored extends Error {}
+
 /**
  * Downloads `descriptor` into `store` (unless it is already there) and
  * returns the path of the verified blob. A size of -1 means unknown
- * (schema1): then only the digest is checked.
+ * (schema1): then it streams over one connection and only the digest is
+ * checked.
  */
 export async function downloadBlob(
   client: RegistryClient,
   descriptor: Descriptor,
   store: BlobStore,
-  options: DownloadOptions = {},
+  options: DownloadOptions,
 ): Promise<string> {
   const { digest, size } = descriptor;
   const onEvent = options.onEvent ?? (() => {});
-  const role = options.role ?? "layer";
   const existing = await store.size(digest);
   if (existing !== undefined && (existing === size || size < 0)) {
     onEvent({ type: "blob-done", digest, size, reused: true });
     return store.blobPath(digest);
   }
-  onEvent({ type: "blob-start", digest, size, role, index: options.index ?? 0 });
+  onEvent({
+    type: "blob-start",
+    digest,
+    size,
+    role: options.role ?? "layer",
+    index: options.index ?? 0,
+  });
   const tempPath = store.tempPath(parseDigest(digest).hex.slice(0, 16));
-  let file: Deno.FsFile;
   try {
-    file = await Deno.open(tempPath, { write: true, createNew: true });
+    await Deno.writeFile(tempPath, new Uint8Array(0), { createNew: true });
   } catch (e) {
     throw localIoError(e, `cannot create a temporary file for ${digest}`);
   }
-  const transfer = new VerifiedTransfer(descriptor, file, onEvent);
+  const transfer = new BlobTransfer(client, descriptor, tempPath, options);
   try {
-    const retries = options.retries ?? 3;
-    for (let attempt = 0;; attempt++) {
-      try {
-        await transfer.run(client, options.signal);
-        break;
-      } catch (e) {
-        if (!(e instanceof NetworkError) || !e.retryable || attempt >= retries) throw e;
-        options.signal?.throwIfAborted();
-        const delay = backoffMs(attempt, e.retryAfterMs);
-        onEvent({
-          type: "debug",
-          message: `retrying ${digest} from byte ${transfer.received} in ${delay} ms: ${e.message}`,
-        });
-        await sleep(delay, options.signal);
-      }
-    }
+    await transfer.run();
   } catch (e) {
-    file.close();
     await Deno.remove(tempPath).catch(() => {});
     throw e;
   }
-  file.close();
   const path = await store.commit(tempPath, digest);
   onEvent({ type: "blob-done", digest, size, reused: false });
   return path;
@@ -106,52 +136,90 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** One blob's bytes flowing from the registry through the hasher into a file. */
-class VerifiedTransfer {
+/** Splits `size` bytes into segments for `connections` connections. */
+export function planSegments(size: number, policy: FetchPolicy): Segment[] {
+  if (size <= policy.maxSegmentBytes || size < 2 * MIN_SEGMENT_BYTES) {
+    return [{ start: 0, end: size, written: 0 }];
+  }
+  const segmentBytes = Math.min(
+    policy.maxSegmentBytes,
+    Math.max(MIN_SEGMENT_BYTES, Math.ceil(size / policy.connectionCount)),
+  );
+  const segments: Segment[] = [];
+  for (let start = 0; start < size; start += segmentBytes) {
+    segments.push({ start, end: Math.min(size, start + segmentBytes), written: 0 });
+  }
+  return segments;
+}
+
+/** Parses `Content-Range: bytes a-b/total`. */
+function contentRange(response: Response): { start: number; end: number; total?: number } | null {
+  const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(
+    (response.headers.get("content-range") ?? "").trim(),
+  );
+  if (!match) return null;
+  return {
+    start: Number(match[1]),
+    end: Number(match[2]) + 1,
+    total: match[3] === "*" ? undefined : Number(match[3]),
+  };
+}
+
+/** One blob's bytes flowing from the registry into a file, hashed in order. */
+class BlobTransfer {
+  readonly #client: RegistryClient;
   readonly #descriptor: Descriptor;
-  readonly #file: Deno.FsFile;
+  readonly #path: string;
+  readonly #options: DownloadOptions;
   readonly #onEvent: PullEventSink;
   #hasher: DigestHasher;
-  #buffer: ArrayBuffer = new ArrayBuffer(READ_BUFFER_BYTES);
+  /** Bytes hashed so far: everything before this offset is in the hash. */
+  #cursor = 0;
+  #pumping?: Promise<void>;
+  #segments: Segment[] = [];
   #lastProgress = 0;
 
-  constructor(descriptor: Descriptor, file: Deno.FsFile, onEvent: PullEventSink) {
+  constructor(
+    client: RegistryClient,
+    descriptor: Descriptor,
+    path: string,
+    options: DownloadOptions,
+  ) {
+    this.#client = client;
     this.#descriptor = descriptor;
-    this.#file = file;
-    this.#onEvent = onEvent;
+    this.#path = path;
+    this.#options = options;
+    this.#onEvent = options.onEvent ?? (() => {});
     this.#hasher = new DigestHasher(parseDigest(descriptor.digest).algorithm);
   }
 
-  /** Bytes written and hashed so far. */
-  get received(): number {
-    return this.#hasher.length;
+  get #received(): number {
+    return this.#segments.reduce((sum, s) => sum + s.written, 0);
   }
 
-  /** Fetches the rest of the blob (all of it on the first call) and verifies it. */
-  async run(client: RegistryClient, signal?: AbortSignal): Promise<void> {
-    const { digest, size } = this.#descriptor;
-    const start = this.received;
-    const response = await client.openBlob(digest, {
-      signal,
-      range: start > 0 ? { start } : undefined,
-    });
-    if (start > 0 && !this.#acceptsResume(response, start)) {
-      // The server sent the whole blob again: start over from byte 0.
-      await this.#restart();
+  async run(): Promise<void> {
+    const { size, digest } = this.#descriptor;
+    const segmented = size >= 0 ? planSegments(size, this.#options.policy) : [];
+    if (segmented.length > 1) {
+      try {
+        this.#segments = segmented;
+        await this.#runSegments();
+      } catch (e) {
+        if (!(e instanceof RangeIgnored)) throw e;
+        this.#onEvent({
+          type: "debug",
+          message: `${digest}: the server ignores Range; downloading over one connection`,
+        });
+        await this.#reset();
+        await this.#runWhole();
+      }
+    } else {
+      await this.#runWhole();
     }
-    const remaining = size - this.received;
-    const declared = response.headers.get("content-length");
-    if (size >= 0 && declared !== null && Number(declared) !== remaining) {
-      await response.body?.cancel();
-      throw new IntegrityError(
-        `blob ${digest}: registry announced ${declared} bytes, expected ${remaining}`,
-      );
-    }
-    await this.#consume(response);
-    if (size >= 0 && this.received !== size) {
-      throw new IntegrityError(
-        `blob ${digest}: received ${this.received} bytes, expected ${size}`,
-      );
+    await this.#pump();
+    const received = this.#received;
+    if (size >= 0 && (received !== size || this.#cursor !== size)) {
+      throw new IntegrityError(`blob ${digest}: received ${received} bytes, expected ${size}`);
     }
     const actual = this.#hasher.digest();
     if (actual !== digest) {
@@ -159,48 +227,150 @@ class VerifiedTransfer {
         hint: "the registry or a proxy altered the data; nothing was written",
       });
     }
+    this.#onEvent({ type: "blob-progress", digest, received, size });
   }
 
-  #acceptsResume(response: Response, start: number): boolean {
-    if (response.status !== 206) return false;
-    const range = response.headers.get("content-range") ?? "";
-    const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range.trim());
-    if (!match) return false;
-    const size = this.#descriptor.size;
-    return Number(match[1]) === start && (size < 0 || Number(match[2]) === size - 1);
-  }
-
-  async #restart(): Promise<void> {
+  async #reset(): Promise<void> {
+    await this.#pumping;
     this.#hasher = new DigestHasher(parseDigest(this.#descriptor.digest).algorithm);
-    await this.#file.truncate(0);
-    await this.#file.seek(0, Deno.SeekMode.Start);
+    this.#cursor = 0;
+    await Deno.truncate(this.#path, 0);
   }
 
-  async #consume(response: Response): Promise<void> {
+  /** The whole blob over one connection (small blobs, unknown sizes, servers without Range). */
+  async #runWhole(): Promise<void> {
+    const size = this.#descriptor.size;
+    const segment: Segment = { start: 0, end: size >= 0 ? size : Infinity, written: 0 };
+    this.#segments = [segment];
+    await this.#withRetries(segment, (s) => this.#fetchSegment(s, false));
+  }
+
+  /** All segments, spread over the connection budget; the first failure stops the others. */
+  async #runSegments(): Promise<void> {
+    const stop = new AbortController();
+    const signal = this.#options.signal
+      ? AbortSignal.any([this.#options.signal, stop.signal])
+      : stop.signal;
+    const results = await Promise.allSettled(
+      this.#segments.map((segment) =>
+        this.#withRetries(segment, async (s) => {
+          signal.throwIfAborted();
+          try {
+            await this.#fetchSegment(s, true, signal);
+          } catch (e) {
+            stop.abort(e);
+            throw e;
+          }
+        })
+      ),
+    );
+    if (stop.signal.aborted) throw stop.signal.reason;
+    const failed = results.find((r) => r.status === "rejected") as PromiseRejectedResult;
+    if (failed) throw failed.reason;
+  }
+
+  async #withRetries(segment: Segment, attempt: (s: Segment) => Promise<void>): Promise<void> {
+    const { retries } = this.#options.policy;
+    for (let n = 0;; n++) {
+      try {
+        await attempt(segment);
+        return;
+      } catch (e) {
+        if (!(e instanceof NetworkError) || !e.retryable || n >= retries) throw e;
+        this.#options.signal?.throwIfAborted();
+        const delay = backoffMs(n, e.retryAfterMs);
+        this.#onEvent({
+          type: "debug",
+          message:
+            `retrying ${this.#descriptor.digest} at byte ${segment.start + segment.written}` +
+            ` in ${delay} ms: ${e.message}`,
+        });
+        await sleep(delay, this.#options.signal);
+      }
+    }
+  }
+
+  /**
+   * Fetches what is missing of one segment under a connection permit. With
+   * `ranged` false the segment is the whole blob and a plain GET is used
+   * unless it is being resumed.
+   */
+  #fetchSegment(segment: Segment, ranged: boolean, signal?: AbortSignal): Promise<void> {
+    return this.#options.policy.connections.run(async () => {
+      const digest = this.#descriptor.digest;
+      const from = segment.start + segment.written;
+      const resuming = segment.written > 0;
+      const useRange = ranged || resuming;
+      const response = await this.#client.openBlob(digest, {
+        signal: signal ?? this.#options.signal,
+        range: useRange
+          ? { start: from, end: Number.isFinite(segment.end) ? segment.end - 1 : undefined }
+          : undefined,
+      });
+      if (useRange) {
+        const range = response.status === 206 ? contentRange(response) : null;
+        const total = this.#descriptor.size;
+        const matches = range !== null && range.start === from &&
+          (!Number.isFinite(segment.end) || range.end === segment.end) &&
+          (range.total === undefined || total < 0 || range.total === total);
+        if (!matches) {
+          await response.body?.cancel();
+          if (ranged) throw new RangeIgnored();
+          // A resumed whole-blob transfer that got the whole blob again: start over.
+          await this.#reset();
+          segment.written = 0;
+          return await this.#fetchSegment(segment, false, signal);
+        }
+      }
+      const expected = segment.end - from;
+      const declared = response.headers.get("content-length");
+      if (Number.isFinite(expected) && declared !== null && Number(declared) !== expected) {
+        await response.body?.cancel();
+        throw new IntegrityError(
+          `blob ${digest}: registry announced ${declared} bytes, expected ${expected}`,
+        );
+      }
+      await this.#consume(response, segment);
+      if (Number.isFinite(segment.end) && segment.start + segment.written !== segment.end) {
+        throw new NetworkError(
+          `blob ${digest}: connection closed after ${segment.written} of ` +
+            `${segment.end - segment.start} bytes`,
+        );
+      }
+    });
+  }
+
+  async #consume(response: Response, segment: Segment): Promise<void> {
     const { digest, size } = this.#descriptor;
     if (!response.body) return;
+    using file = await Deno.open(this.#path, { write: true });
+    await file.seek(segment.start + segment.written, Deno.SeekMode.Start);
     const reader = response.body.getReader({ mode: "byob" });
+    let buffer = new ArrayBuffer(READ_BUFFER_BYTES);
     try {
       for (;;) {
         let chunk: ReadableStreamReadResult<Uint8Array<ArrayBuffer>>;
         try {
-          chunk = await reader.read(new Uint8Array(this.#buffer));
+          chunk = await reader.read(new Uint8Array(buffer));
         } catch (e) {
           throw toNetworkError(e, response.url);
         }
         if (chunk.done) break;
         const bytes = chunk.value;
-        if (size >= 0 && this.received + bytes.byteLength > size) {
+        const position = segment.start + segment.written;
+        if (position + bytes.byteLength > segment.end) {
           throw new IntegrityError(`blob ${digest}: registry sent more than ${size} bytes`);
         }
-        this.#hasher.update(bytes);
-        await this.#writeAll(bytes);
-        this.#buffer = bytes.buffer;
-        const now = Date.now();
-        if (now - this.#lastProgress >= PROGRESS_INTERVAL_MS) {
-          this.#lastProgress = now;
-          this.#onEvent({ type: "blob-progress", digest, received: this.received, size });
+        await this.#write(file, bytes);
+        // Bytes at the hash cursor are hashed now; others wait for the pump.
+        if (position === this.#cursor && !this.#pumping) {
+          this.#hasher.update(bytes);
+          this.#cursor += bytes.byteLength;
         }
+        segment.written += bytes.byteLength;
+        buffer = bytes.buffer;
+        if (this.#cursor < position) this.#schedulePump();
+        this.#progress();
       }
     } catch (e) {
       await reader.cancel().catch(() => {});
@@ -208,18 +378,58 @@ class VerifiedTransfer {
     } finally {
       reader.releaseLock();
     }
-    this.#onEvent({ type: "blob-progress", digest, received: this.received, size });
+    this.#schedulePump();
   }
 
-  async #writeAll(bytes: Uint8Array): Promise<void> {
+  async #write(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
     try {
       let offset = 0;
-      while (offset < bytes.byteLength) {
-        offset += await this.#file.write(bytes.subarray(offset));
-      }
+      while (offset < bytes.byteLength) offset += await file.write(bytes.subarray(offset));
     } catch (e) {
       if (e instanceof ImgpullError) throw e;
       throw localIoError(e, `cannot write blob ${this.#descriptor.digest}`);
+    }
+  }
+
+  #progress(): void {
+    const now = Date.now();
+    if (now - this.#lastProgress < PROGRESS_INTERVAL_MS) return;
+    this.#lastProgress = now;
+    const { digest, size } = this.#descriptor;
+    this.#onEvent({ type: "blob-progress", digest, received: this.#received, size });
+  }
+
+  #schedulePump(): void {
+    this.#pumping ??= this.#pumpFromDisk().finally(() => this.#pumping = undefined);
+  }
+
+  /** Waits for any running pump, then hashes whatever is contiguous on disk. */
+  async #pump(): Promise<void> {
+    await this.#pumping;
+    this.#schedulePump();
+    await this.#pumping;
+  }
+
+  /** The contiguous bytes on disk from the cursor on. */
+  #frontier(): number {
+    for (const s of this.#segments) {
+      if (this.#cursor < s.end) return Math.max(this.#cursor, s.start + s.written);
+    }
+    return this.#cursor;
+  }
+
+  /** Reads bytes written ahead of the cursor back from the file and hashes them in order. */
+  async #pumpFromDisk(): Promise<void> {
+    if (this.#frontier() <= this.#cursor) return;
+    using file = await Deno.open(this.#path, { read: true });
+    const buffer = new Uint8Array(READ_BUFFER_BYTES);
+    for (let frontier = this.#frontier(); this.#cursor < frontier; frontier = this.#frontier()) {
+      await file.seek(this.#cursor, Deno.SeekMode.Start);
+      const want = Math.min(buffer.byteLength, frontier - this.#cursor);
+      const n = await file.read(buffer.subarray(0, want));
+      if (n === null || n === 0) break;
+      this.#hasher.update(buffer.subarray(0, n));
+      this.#cursor += n;
     }
   }
 }

@@ -10,7 +10,7 @@ import { decompressLayer, sniffCompression } from "./compression.ts";
 import { digestOf, parseDigest } from "./digest.ts";
 import { InvalidContentError, LocalIoError, UsageError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
-import { downloadBlob } from "./fetch.ts";
+import { downloadBlob, type FetchPolicy, fetchPolicy } from "./fetch.ts";
 import type { Descriptor } from "./manifest.ts";
 import { schema1Config } from "./manifest.ts";
 import { isForeignLayer, layerCompression, MediaType } from "./media_types.ts";
@@ -56,8 +56,12 @@ export interface PullOptions extends ConnectOptions {
   output?: string;
   /** Layers downloaded at once (default 3). */
   maxConcurrentDownloads?: number;
-  /** Retries per blob after a transient failure (default 3). */
+  /** Retries per blob segment after a transient failure (default 3). */
   retries?: number;
+  /** HTTP requests streaming blob data at once, across all layers (default 16). */
+  connections?: number;
+  /** Largest Range segment of a blob, in bytes (default 8 MiB). */
+  maxSegmentBytes?: number;
 }
 
 /** What a pull produced. */
@@ -189,10 +193,22 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   try {
     const resolved = await resolveImage(client, ref, platform, onEvent);
     store = await BlobStore.createIn(outputDir);
-    const semaphore = new Semaphore(concurrency);
+    const run: LayerRun = {
+      client,
+      store,
+      layers: new Semaphore(concurrency),
+      policy: fetchPolicy({
+        connections: options.connections,
+        maxSegmentBytes: options.maxSegmentBytes,
+        retries: options.retries,
+      }),
+      onEvent,
+      signal,
+      failure,
+    };
     const image = resolved.kind === "image"
-      ? await fetchImageLayers(client, resolved, store, semaphore, options, signal, failure)
-      : await fetchSchema1Layers(client, resolved, store, semaphore, options, signal, failure);
+      ? await fetchImageLayers(run, resolved)
+      : await fetchSchema1Layers(run, resolved);
     const repoTags = [repoTagFor(ref)];
     await writeDockerArchive(output, { repoTags, ...image });
     return {
@@ -209,6 +225,19 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   }
 }
 
+/** What the layer downloads of one pull share. */
+interface LayerRun {
+  client: RegistryClient;
+  store: BlobStore;
+  /** Layers in progress at once (`--max-concurrent-downloads`). */
+  layers: Semaphore;
+  policy: FetchPolicy;
+  onEvent: PullEventSink;
+  signal: AbortSignal;
+  /** Aborted by the first failing layer. */
+  failure: AbortController;
+}
+
 interface FetchedImage {
   configDigest: string;
   configBytes: Uint8Array;
@@ -221,13 +250,13 @@ interface FetchedImage {
  * the pull (its temporary files are about to be removed).
  */
 async function runAll<T, R>(
+  run: LayerRun,
   items: readonly T[],
-  semaphore: Semaphore,
-  failure: AbortController,
   task: (item: T, index: number) => Promise<R>,
 ): Promise<R[]> {
+  const failure = run.failure;
   const results = await Promise.allSettled(items.map((item, index) =>
-    semaphore.run(async () => {
+    run.layers.run(async () => {
       failure.signal.throwIfAborted();
       try {
         return await task(item, index);
@@ -244,16 +273,11 @@ async function runAll<T, R>(
 }
 
 async function fetchImageLayers(
-  client: RegistryClient,
+  run: LayerRun,
   resolved: Extract<ResolvedImage, { kind: "image" }>,
-  store: BlobStore,
-  semaphore: Semaphore,
-  options: PullOptions,
-  signal: AbortSignal,
-  failure: AbortController,
 ): Promise<FetchedImage> {
   const { manifest, config, configBytes } = resolved;
-  const onEvent = options.onEvent ?? (() => {});
+  const { onEvent, store } = run;
   const configType = manifest.config.mediaType;
   if (configType && configType !== MediaType.ociConfig && configType !== MediaType.dockerConfig) {
     throw new InvalidContentError(
@@ -267,7 +291,7 @@ async function fetchImageLayers(
       );
     }
   }
-  const layers = await runAll(manifest.layers, semaphore, failure, async (layer, index) => {
+  const layers = await runAll(run, manifest.layers, async (layer, index) => {
     const diffId = config.diffIds[index];
     const foreign = isForeignLayer(layer.mediaType) || (layer.urls?.length ?? 0) > 0;
     if (foreign) {
@@ -278,10 +302,10 @@ async function fetchImageLayers(
           `; fetching it from the registry`,
       });
     }
-    const path = await downloadBlob(client, layer, store, {
-      signal,
+    const path = await downloadBlob(run.client, layer, store, {
+      policy: run.policy,
+      signal: run.signal,
       onEvent,
-      retries: options.retries,
       role: "layer",
       index,
     });
@@ -330,28 +354,23 @@ async function convertZstdLayer(
 }
 
 async function fetchSchema1Layers(
-  client: RegistryClient,
+  run: LayerRun,
   resolved: Extract<ResolvedImage, { kind: "schema1" }>,
-  store: BlobStore,
-  semaphore: Semaphore,
-  options: PullOptions,
-  signal: AbortSignal,
-  failure: AbortController,
 ): Promise<FetchedImage> {
-  const onEvent = options.onEvent ?? (() => {});
+  const { onEvent, store } = run;
   onEvent({
     type: "notice",
     message: "Registry sent a schema1 manifest; building an image config from its history",
   });
   // Throwaway (empty) layers contribute nothing: no download, no diff_id.
   const real = resolved.manifest.layers.filter((l) => !l.throwaway);
-  const layers = await runAll(real, semaphore, failure, async (layer, index) => {
+  const layers = await runAll(run, real, async (layer, index) => {
     // Schema1 has no sizes; the digest check still covers every byte.
     const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
-    const path = await downloadBlob(client, descriptor, store, {
-      signal,
+    const path = await downloadBlob(run.client, descriptor, store, {
+      policy: run.policy,
+      signal: run.signal,
       onEvent,
-      retries: options.retries,
       role: "layer",
       index,
     });

@@ -45,6 +45,9 @@ export class Transport {
 
   constructor(tls: TlsOptions = {}) {
     this.#client = Deno.createHttpClient({
+      // HTTP/2 would multiplex every download over one TCP connection, which a
+      // per-connection rate cap (common at CDNs) then throttles as a whole.
+      http2: false,
       caCerts: tls.caCerts,
       ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
     });

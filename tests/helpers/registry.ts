@@ -216,7 +216,7 @@ export interface CdnRequest {
 
 /** The stand-in CDN started by {@link startBlobCdn}. */
 export interface BlobCdn {
-  /** `http://127.0.0.1:PORT`: pass it as `redirectBlobsTo`. */
+  /** `http(s)://127.0.0.1:PORT`: pass it as `redirectBlobsTo`. */
   url: string;
   requests: CdnRequest[];
   close(): Promise<void>;
@@ -226,6 +226,8 @@ export interface BlobCdn {
 export interface BlobCdnOptions {
   /** Answer `Range` requests with 200 and the whole body, like some CDNs do. */
   ignoreRange?: boolean;
+  /** Serve HTTPS with the test PKI's leaf (a TLS registry may not redirect to plain HTTP). */
+  pki?: TestPki;
 }
 
 /**
@@ -241,8 +243,9 @@ const BLOB_PATH = /^\/docker\/registry\/v2\/blobs\/sha256\/([0-9a-f]{2})\/([0-9a
  */
 export function startBlobCdn(storageDir: string, opts: BlobCdnOptions = {}): Promise<BlobCdn> {
   const requests: CdnRequest[] = [];
+  const tls = opts.pki ? { cert: opts.pki.serverCertPem, key: opts.pki.serverKeyPem } : {};
   const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    { hostname: "127.0.0.1", port: 0, onListen: () => {}, ...tls },
     async (req) => {
       const path = new URL(req.url).pathname;
       const record: CdnRequest = {
@@ -260,7 +263,7 @@ export function startBlobCdn(storageDir: string, opts: BlobCdnOptions = {}): Pro
   );
   const { port } = server.addr;
   return Promise.resolve({
-    url: `http://127.0.0.1:${port}`,
+    url: `${opts.pki ? "https" : "http"}://127.0.0.1:${port}`,
     requests,
     close: async () => {
       await server.shutdown();
