@@ -1,0 +1,195 @@
+/**
+ * Blob downloads: Range segmentation and its fallbacks, resume after a cut
+ * connection, and verification failures, against the fault registry (and a
+ * real Distribution behind a CDN for the happy path).
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { digestOf } from "../../lib/digest.ts";
+import { IntegrityError } from "../../lib/errors.ts";
+import { downloadBlob, fetchPolicy, planSegments } from "../../lib/fetch.ts";
+import type { Descriptor } from "../../lib/manifest.ts";
+import { RegistryClient } from "../../lib/registry.ts";
+import { BlobStore } from "../../lib/store.ts";
+import {
+  cutAfter,
+  type FaultHandler,
+  serveBytes,
+  startFaultRegistry,
+} from "../helpers/fault_registry.ts";
+import { pushBlob } from "../helpers/push.ts";
+import { startBlobCdn, startRegistry } from "../helpers/registry.ts";
+
+const MiB = 1024 * 1024;
+
+/** Deterministic, incompressible-looking bytes. */
+function pseudoRandom(size: number, seed = 1): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+const BLOB = pseudoRandom(10 * MiB + 12345);
+const DIGEST = digestOf(BLOB);
+const DESCRIPTOR: Descriptor = { mediaType: "", digest: DIGEST, size: BLOB.byteLength };
+const SMALL_SEGMENTS = { connections: 4, maxSegmentBytes: 2 * MiB, retries: 2 };
+
+async function withFault(
+  fault: FaultHandler | undefined,
+  body: (ctx: {
+    client: RegistryClient;
+    store: BlobStore;
+    requests: { range: string | null; path: string }[];
+  }) => Promise<void>,
+): Promise<void> {
+  const registry = startFaultRegistry({ blobs: new Map([[DIGEST, BLOB]]), fault });
+  const dir = await Deno.makeTempDir();
+  const store = await BlobStore.createIn(dir);
+  const client = new RegistryClient({ registry: registry.host, repository: "test/blob" });
+  try {
+    await client.ping();
+    await body({ client, store, requests: registry.requests });
+  } finally {
+    client.close();
+    await registry.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const isBlobRequest = (r: { path: string }) => r.path.includes("/blobs/");
+
+Deno.test("fetch: planSegments covers the blob exactly, within the size bounds", () => {
+  const policy = fetchPolicy({ connections: 16, maxSegmentBytes: 8 * MiB });
+  for (const size of [0, 1, 8 * MiB, 8 * MiB + 1, 25_000_000, 512 * MiB + 7]) {
+    const segments = planSegments(size, policy);
+    assert.equal(segments[0].start, 0);
+    assert.equal(segments[segments.length - 1].end, size);
+    for (let i = 1; i < segments.length; i++) assert.equal(segments[i].start, segments[i - 1].end);
+    if (segments.length > 1) {
+      assert.ok(segments.every((s) => s.end - s.start <= 8 * MiB));
+      assert.ok(segments.slice(0, -1).every((s) => s.end - s.start >= MiB));
+    }
+  }
+  assert.equal(planSegments(25_000_000, policy).length, 16);
+  assert.equal(planSegments(512 * MiB, policy).length, 64);
+});
+
+Deno.test("fetch: a large blob arrives in Range segments and verifies", async () => {
+  await withFault(undefined, async ({ client, store, requests }) => {
+    const path = await downloadBlob(client, DESCRIPTOR, store, {
+      policy: fetchPolicy(SMALL_SEGMENTS),
+    });
+    assert.deepEqual(await Deno.readFile(path), BLOB);
+    const ranges = requests.filter(isBlobRequest).map((r) => r.range);
+    assert.equal(ranges.length, 6);
+    assert.ok(ranges.every((r) => r?.startsWith("bytes=")));
+  });
+});
+
+Deno.test("fetch: a server that ignores Range falls back to one connection", async () => {
+  await withFault(
+    (_req, ctx) => (ctx.bytes && ctx.range ? serveBytes(ctx.bytes) : undefined),
+    async ({ client, store }) => {
+      const path = await downloadBlob(client, DESCRIPTOR, store, {
+        policy: fetchPolicy(SMALL_SEGMENTS),
+      });
+      assert.deepEqual(await Deno.readFile(path), BLOB);
+    },
+  );
+});
+
+Deno.test("fetch: a wrong Content-Range is not trusted; the blob still verifies", async () => {
+  await withFault((_req, ctx) => {
+    if (!ctx.bytes || !ctx.range || ctx.range.start === 0) return undefined;
+    // Claims the requested range but sends the bytes of the start of the blob.
+    const length = (ctx.range.end ?? BLOB.byteLength - 1) - ctx.range.start + 1;
+    return new Response(ctx.bytes.slice(0, length), {
+      status: 206,
+      headers: { "content-range": `bytes 0-${length - 1}/${BLOB.byteLength}` },
+    });
+  }, async ({ client, store }) => {
+    const path = await downloadBlob(client, DESCRIPTOR, store, {
+      policy: fetchPolicy(SMALL_SEGMENTS),
+    });
+    assert.deepEqual(await Deno.readFile(path), BLOB);
+  });
+});
+
+Deno.test("fetch: a cut connection resumes with Range from the bytes written", async () => {
+  await withFault((_req, ctx) => {
+    if (ctx.bytes && ctx.attempt === 1 && !ctx.range) {
+      return cutAfter(ctx.bytes.slice(0, 3 * MiB), 200, {
+        "content-length": String(ctx.bytes.byteLength),
+      });
+    }
+    return undefined;
+  }, async ({ client, store, requests }) => {
+    // One connection and one segment: the plain-GET path, as for small blobs.
+    const policy = fetchPolicy({ connections: 1, maxSegmentBytes: 64 * MiB, retries: 2 });
+    const path = await downloadBlob(client, DESCRIPTOR, store, { policy });
+    assert.deepEqual(await Deno.readFile(path), BLOB);
+    const ranges = requests.filter(isBlobRequest).map((r) => r.range);
+    assert.equal(ranges[0], null);
+    assert.match(ranges[1] ?? "", /^bytes=\d+-/);
+    assert.ok(Number(ranges[1]!.slice(6, -1).split("-")[0]) > 0, "resumed, not restarted");
+  });
+});
+
+Deno.test("fetch: corrupt, short and long bodies fail with IntegrityError and leave nothing", async () => {
+  const faults: [string, FaultHandler][] = [
+    ["corrupt", (_r, ctx) => {
+      if (!ctx.bytes) return undefined;
+      const bad = ctx.bytes.slice();
+      bad[bad.length - 1] ^= 1;
+      return new Response(bad);
+    }],
+    ["long", (_r, ctx) => ctx.bytes && new Response(new Uint8Array([...ctx.bytes, 1, 2, 3]))],
+    ["short", (_r, ctx) => ctx.bytes && new Response(ctx.bytes.slice(0, 100))],
+  ];
+  for (const [name, fault] of faults) {
+    await withFault(fault, async ({ client, store }) => {
+      const policy = fetchPolicy({ connections: 1, maxSegmentBytes: 64 * MiB, retries: 0 });
+      await assert.rejects(
+        downloadBlob(client, DESCRIPTOR, store, { policy }),
+        (e) => e instanceof IntegrityError || (name === "short" && e instanceof Error),
+        name,
+      );
+      assert.equal(await store.size(DIGEST), undefined, `${name}: nothing in the store`);
+      const tmp = [...Deno.readDirSync(join(store.root, "tmp"))];
+      assert.deepEqual(tmp, [], `${name}: no temporary file left`);
+    });
+  }
+});
+
+Deno.test("fetch: real Distribution behind a CDN serves segments without Authorization", async () => {
+  const root = await Deno.makeTempDir();
+  const storageDir = join(root, "storage");
+  const registry = await startRegistry({ mode: "http", storageDir });
+  const cdn = await startBlobCdn(storageDir);
+  const redirecting = await startRegistry({ mode: "http", storageDir, redirectBlobsTo: cdn.url });
+  const store = await BlobStore.createIn(root);
+  const client = new RegistryClient({ registry: redirecting.host, repository: "test/big" });
+  try {
+    await pushBlob(registry.url, "test/big", BLOB);
+    await client.ping();
+    const path = await downloadBlob(client, DESCRIPTOR, store, {
+      policy: fetchPolicy(SMALL_SEGMENTS),
+    });
+    assert.deepEqual(await Deno.readFile(path), BLOB);
+    const served = cdn.requests.filter((r) => r.method === "GET");
+    assert.equal(served.length, 6);
+    assert.ok(served.every((r) => r.status === 206 && !r.hadAuthorization));
+  } finally {
+    client.close();
+    await redirecting.close();
+    await cdn.close();
+    await registry.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
