@@ -13,6 +13,7 @@ import {
   PlatformNotFoundError,
   UsageError,
 } from "./lib/errors.ts";
+import { cacheInfo, defaultCacheDir, importTar, pruneCache } from "./lib/cache.ts";
 import type { PullEvent } from "./lib/events.ts";
 import { formatPlatform } from "./lib/platform.ts";
 import { listImagePlatforms, pull, requestedPlatform, shortDigest } from "./lib/pull.ts";
@@ -34,7 +35,19 @@ Options:
   --password-stdin                 read the password from standard input
   --ca-cert FILE                   trust this CA certificate (PEM); may be repeated
   --plain-http                     allow plain HTTP to a registry that is not on loopback
-  --retries N                      retries per blob after a transient failure (default 3)
+  --retries N                      retries per blob segment after a transient failure
+                                   (default 3)
+  --connections N                  HTTP connections streaming blob data at once, across
+                                   all layers (default 16)
+  --segment-size MIB               largest Range segment of a blob (default 8)
+  --cache-dir DIR                  blob cache (default: $XDG_CACHE_HOME/imgpull or
+                                   ~/.cache/imgpull)
+  --no-cache                       keep no blobs between runs
+  --import-tar FILE                fill the cache from a docker-archive (docker save or
+                                   imgpull); then pull IMAGE if one is given
+  --cache-info                     print the cache's location, size and entries
+  --cache-prune                    empty the cache (with --older-than: only unused blobs)
+  --older-than DURATION            with --cache-prune: e.g. 7d, 12h, 30m
   -q, --quiet                      no progress, only errors and the archive path
   --verbose                        debug messages and stack traces
   -h, --help                       show this help
@@ -58,6 +71,14 @@ const OPTIONS = {
   "ca-cert": { type: "string", multiple: true },
   "plain-http": { type: "boolean" },
   retries: { type: "string" },
+  connections: { type: "string" },
+  "segment-size": { type: "string" },
+  "cache-dir": { type: "string" },
+  "no-cache": { type: "boolean" },
+  "import-tar": { type: "string" },
+  "cache-info": { type: "boolean" },
+  "cache-prune": { type: "boolean" },
+  "older-than": { type: "string" },
   quiet: { type: "boolean", short: "q" },
   verbose: { type: "boolean", short: "v" },
   help: { type: "boolean", short: "h" },
@@ -88,6 +109,14 @@ function parseCount(value: string | undefined, flag: string, min: number): numbe
     throw new UsageError(`${flag} must be an integer of at least ${min}, got "${value}"`);
   }
   return n;
+}
+
+/** `7d`, `12h`, `30m`, `45s` → milliseconds. */
+function parseDuration(text: string): number {
+  const match = /^(\d+)([smhd])$/.exec(text);
+  if (!match) throw new UsageError(`invalid duration "${text}": use e.g. 7d, 12h, 30m`);
+  const unit = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] as "s"];
+  return Number(match[1]) * unit;
 }
 
 async function readPasswordFromStdin(): Promise<string> {
@@ -296,6 +325,41 @@ export async function main(args: string[]): Promise<number> {
       console.log(`imgpull ${VERSION}`);
       return ExitCode.ok;
     }
+    const renderer = new ProgressRenderer({ quiet: values.quiet ?? false, verbose });
+    if (values["no-cache"] && values["cache-dir"]) {
+      throw new UsageError("--no-cache and --cache-dir cannot be used together");
+    }
+    const cacheDir = values["no-cache"] ? undefined : values["cache-dir"] ?? defaultCacheDir(env);
+    const needsCache = values["cache-info"] || values["cache-prune"] || values["import-tar"];
+    if (needsCache && !cacheDir) {
+      throw new UsageError("no cache directory: give --cache-dir (or set HOME)");
+    }
+    if (values["older-than"] !== undefined && !values["cache-prune"]) {
+      throw new UsageError("--older-than goes with --cache-prune");
+    }
+    if (values["cache-info"]) {
+      const info = await cacheInfo(cacheDir!);
+      console.log(`Cache: ${info.root}`);
+      console.log(`Blobs: ${info.blobs} (${humanBytes(info.blobBytes)})`);
+      console.log(`Partial downloads: ${info.partials} (${humanBytes(info.partialBytes)})`);
+      return ExitCode.ok;
+    }
+    if (values["cache-prune"]) {
+      const age = values["older-than"] === undefined
+        ? undefined
+        : parseDuration(values["older-than"]);
+      const { removed, bytes } = await pruneCache(cacheDir!, age);
+      renderer.line(`[+] Removed ${removed} cache entries (${humanBytes(bytes)}) from ${cacheDir}`);
+      return ExitCode.ok;
+    }
+    if (values["import-tar"]) {
+      const { layers, bytes } = await importTar(cacheDir!, values["import-tar"], renderer.handle);
+      renderer.line(
+        `[+] Imported ${layers} layers (${humanBytes(bytes)}) from ${values["import-tar"]} ` +
+          `into ${cacheDir}`,
+      );
+      if (positionals.length === 0) return ExitCode.ok;
+    }
     if (positionals.length !== 1) {
       throw new UsageError(
         positionals.length === 0 ? "missing image reference" : "give exactly one image reference",
@@ -303,7 +367,6 @@ export async function main(args: string[]): Promise<number> {
       );
     }
     const reference = positionals[0];
-    const renderer = new ProgressRenderer({ quiet: values.quiet ?? false, verbose });
     if (values.password !== undefined && values["password-stdin"]) {
       throw new UsageError("--password and --password-stdin cannot be used together");
     }
@@ -339,6 +402,8 @@ export async function main(args: string[]): Promise<number> {
       1,
     );
     const retries = parseCount(values.retries, "--retries", 0);
+    const connections = parseCount(values.connections, "--connections", 1);
+    const segmentMiB = parseCount(values["segment-size"], "--segment-size", 1);
     const platform = requestedPlatform(values.platform, env);
     renderer.line(
       `[+] Pulling ${reference} for platform ${formatPlatform(platform)}` +
@@ -352,6 +417,9 @@ export async function main(args: string[]): Promise<number> {
         output: values.output,
         maxConcurrentDownloads: concurrency,
         retries,
+        connections,
+        maxSegmentBytes: segmentMiB === undefined ? undefined : segmentMiB * 1024 * 1024,
+        cacheDir,
       });
       renderer.finish();
       renderer.line(

@@ -16,7 +16,7 @@ import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import type { RegistryClient } from "./registry.ts";
 import { Semaphore } from "./semaphore.ts";
-import { type BlobStore, localIoError } from "./store.ts";
+import { type BlobStore, localIoError, type PartialState } from "./store.ts";
 import { toNetworkError } from "./transport.ts";
 
 /** Size of the buffer a body is read into (a BYOB reader fills up to half of it). */
@@ -25,6 +25,8 @@ const READ_BUFFER_BYTES = 1024 * 1024;
 const PROGRESS_INTERVAL_MS = 200;
 /** Segments are never smaller than this: below it, a request's round trip costs more than it gains. */
 const MIN_SEGMENT_BYTES = 1024 * 1024;
+/** How often resume information of a partial blob is saved. */
+const CHECKPOINT_MS = 1000;
 
 /** How blobs are fetched; shared by all downloads of one pull. */
 export interface FetchPolicy {
@@ -75,7 +77,9 @@ class RangeIgnored extends Error {}
  * Downloads `descriptor` into `store` (unless it is already there) and
  * returns the path of the verified blob. A size of -1 means unknown
  * (schema1): then it streams over one connection and only the digest is
- * checked.
+ * checked. In a persistent store the download holds the blob's lock (other
+ * processes wait for it) and an interrupted transfer leaves a partial file
+ * that the next run resumes.
  */
 export async function downloadBlob(
   client: RegistryClient,
@@ -85,34 +89,83 @@ export async function downloadBlob(
 ): Promise<string> {
   const { digest, size } = descriptor;
   const onEvent = options.onEvent ?? (() => {});
-  const existing = await store.size(digest);
-  if (existing !== undefined && (existing === size || size < 0)) {
-    onEvent({ type: "blob-done", digest, size, reused: true });
-    return store.blobPath(digest);
-  }
-  onEvent({
-    type: "blob-start",
-    digest,
-    size,
-    role: options.role ?? "layer",
-    index: options.index ?? 0,
-  });
-  const tempPath = store.tempPath(parseDigest(digest).hex.slice(0, 16));
+  const reuse = async (): Promise<string | undefined> => {
+    const existing = await store.size(digest);
+    if (existing === undefined || (existing !== size && size >= 0)) return undefined;
+    onEvent({ type: "blob-done", digest, size: existing, reused: true });
+    const path = store.blobPath(digest);
+    // The modification time records the last use, for pruning by age.
+    if (store.persistent) await Deno.utime(path, new Date(), new Date()).catch(() => {});
+    return path;
+  };
+  const cached = await reuse();
+  if (cached) return cached;
+  const lock = await store.lock(digest, options.signal);
   try {
-    await Deno.writeFile(tempPath, new Uint8Array(0), { createNew: true });
-  } catch (e) {
-    throw localIoError(e, `cannot create a temporary file for ${digest}`);
+    const ready = await reuse();
+    if (ready) return ready;
+    onEvent({
+      type: "blob-start",
+      digest,
+      size,
+      role: options.role ?? "layer",
+      index: options.index ?? 0,
+    });
+    const resumable = store.persistent && size >= 0;
+    const path = resumable
+      ? store.partialPath(digest)
+      : store.tempPath(parseDigest(digest).hex.slice(0, 16));
+    let resume = resumable ? await store.readPartial(digest, size) : undefined;
+    for (;;) {
+      if (!resume) await createEmpty(path);
+      else {
+        onEvent({
+          type: "debug",
+          message: `resuming ${digest} from a previous run (${
+            resume.segments.reduce((n, s) => n + s.written, 0)
+          } bytes on disk)`,
+        });
+      }
+      const transfer = new BlobTransfer(client, descriptor, path, options, {
+        resume: resume?.segments,
+        checkpoint: resumable ? (state) => store.writePartial(digest, state) : undefined,
+      });
+      try {
+        await transfer.run();
+        break;
+      } catch (e) {
+        const resumed = resume !== undefined;
+        if (resumable && !(e instanceof IntegrityError)) {
+          await transfer.checkpointNow();
+        } else if (resumable) {
+          await store.removePartial(digest);
+        } else {
+          await Deno.remove(path).catch(() => {});
+        }
+        // Bytes left by an earlier run did not verify: start over once, from nothing.
+        if (resumed && e instanceof IntegrityError) {
+          onEvent({ type: "debug", message: `discarding a corrupt partial of ${digest}` });
+          resume = undefined;
+          continue;
+        }
+        throw e;
+      }
+    }
+    const committed = await store.commit(path, digest);
+    if (resumable) await store.removePartial(digest);
+    onEvent({ type: "blob-done", digest, size, reused: false });
+    return committed;
+  } finally {
+    lock?.release();
   }
-  const transfer = new BlobTransfer(client, descriptor, tempPath, options);
+}
+
+async function createEmpty(path: string): Promise<void> {
   try {
-    await transfer.run();
+    await Deno.writeFile(path, new Uint8Array(0));
   } catch (e) {
-    await Deno.remove(tempPath).catch(() => {});
-    throw e;
+    throw localIoError(e, `cannot create ${path}`);
   }
-  const path = await store.commit(tempPath, digest);
-  onEvent({ type: "blob-done", digest, size, reused: false });
-  return path;
 }
 
 /** Exponential backoff with full jitter, honouring a (capped) Retry-After. */
@@ -177,13 +230,21 @@ class BlobTransfer {
   #cursor = 0;
   #pumping?: Promise<void>;
   #segments: Segment[] = [];
+  readonly #resume?: Segment[];
+  readonly #checkpoint?: (state: PartialState) => Promise<void>;
   #lastProgress = 0;
+  #lastCheckpoint = 0;
+  #checkpointing?: Promise<void>;
 
   constructor(
     client: RegistryClient,
     descriptor: Descriptor,
     path: string,
     options: DownloadOptions,
+    persistence: {
+      resume?: Segment[];
+      checkpoint?: (state: PartialState) => Promise<void>;
+    } = {},
   ) {
     this.#client = client;
     this.#descriptor = descriptor;
@@ -191,6 +252,27 @@ class BlobTransfer {
     this.#options = options;
     this.#onEvent = options.onEvent ?? (() => {});
     this.#hasher = new DigestHasher(parseDigest(descriptor.digest).algorithm);
+    this.#resume = persistence.resume?.map((s) => ({ ...s }));
+    this.#checkpoint = persistence.checkpoint;
+  }
+
+  /** Saves how much is written now (after a failure, so the next run can resume). */
+  async checkpointNow(): Promise<void> {
+    await this.#checkpointing;
+    if (!this.#checkpoint || !this.#segments.every((s) => Number.isFinite(s.end))) return;
+    await this.#checkpoint({
+      size: this.#descriptor.size,
+      segments: this.#segments.map((s) => ({ ...s })),
+    });
+  }
+
+  #maybeCheckpoint(): void {
+    const now = Date.now();
+    if (!this.#checkpoint || this.#checkpointing || now - this.#lastCheckpoint < CHECKPOINT_MS) {
+      return;
+    }
+    this.#lastCheckpoint = now;
+    this.#checkpointing = this.checkpointNow().finally(() => this.#checkpointing = undefined);
   }
 
   get #received(): number {
@@ -199,10 +281,14 @@ class BlobTransfer {
 
   async run(): Promise<void> {
     const { size, digest } = this.#descriptor;
-    const segmented = size >= 0 ? planSegments(size, this.#options.policy) : [];
-    if (segmented.length > 1) {
+    this.#segments = this.#resume ??
+      (size >= 0
+        ? planSegments(size, this.#options.policy)
+        : [{ start: 0, end: Infinity, written: 0 }]);
+    // Bytes a previous run left on disk are hashed first, from the file.
+    this.#schedulePump();
+    if (this.#segments.length > 1) {
       try {
-        this.#segments = segmented;
         await this.#runSegments();
       } catch (e) {
         if (!(e instanceof RangeIgnored)) throw e;
@@ -211,11 +297,13 @@ class BlobTransfer {
           message: `${digest}: the server ignores Range; downloading over one connection`,
         });
         await this.#reset();
+        this.#segments = [{ start: 0, end: size, written: 0 }];
         await this.#runWhole();
       }
     } else {
       await this.#runWhole();
     }
+    await this.#checkpointing;
     await this.#pump();
     const received = this.#received;
     if (size >= 0 && (received !== size || this.#cursor !== size)) {
@@ -239,10 +327,7 @@ class BlobTransfer {
 
   /** The whole blob over one connection (small blobs, unknown sizes, servers without Range). */
   async #runWhole(): Promise<void> {
-    const size = this.#descriptor.size;
-    const segment: Segment = { start: 0, end: size >= 0 ? size : Infinity, written: 0 };
-    this.#segments = [segment];
-    await this.#withRetries(segment, (s) => this.#fetchSegment(s, false));
+    await this.#withRetries(this.#segments[0], (s) => this.#fetchSegment(s, false));
   }
 
   /** All segments, spread over the connection budget; the first failure stops the others. */
@@ -296,6 +381,7 @@ class BlobTransfer {
    * unless it is being resumed.
    */
   #fetchSegment(segment: Segment, ranged: boolean, signal?: AbortSignal): Promise<void> {
+    if (segment.start + segment.written === segment.end) return Promise.resolve();
     return this.#options.policy.connections.run(async () => {
       const digest = this.#descriptor.digest;
       const from = segment.start + segment.written;
@@ -371,6 +457,7 @@ class BlobTransfer {
         buffer = bytes.buffer;
         if (this.#cursor < position) this.#schedulePump();
         this.#progress();
+        this.#maybeCheckpoint();
       }
     } catch (e) {
       await reader.cancel().catch(() => {});

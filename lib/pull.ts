@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Credential, lookupCredential } from "./auth/credentials.ts";
+import { type Credential, type EnvReader, lookupCredential } from "./auth/credentials.ts";
 import { decompressLayer, sniffCompression } from "./compression.ts";
 import { digestOf, parseDigest } from "./digest.ts";
 import { InvalidContentError, LocalIoError, UsageError } from "./errors.ts";
@@ -22,11 +22,6 @@ import { Semaphore } from "./semaphore.ts";
 import { BlobStore, localIoError } from "./store.ts";
 import { registryTls } from "./tls.ts";
 import { type ArchiveLayer, writeDockerArchive } from "./writers/docker_archive.ts";
-
-/** Reads environment variables; injectable so that the library needs no global state. */
-export interface EnvReader {
-  get(name: string): string | undefined;
-}
 
 /** How to reach the registry. */
 export interface ConnectOptions {
@@ -62,6 +57,11 @@ export interface PullOptions extends ConnectOptions {
   connections?: number;
   /** Largest Range segment of a blob, in bytes (default 8 MiB). */
   maxSegmentBytes?: number;
+  /**
+   * The shared blob cache (see {@link defaultCacheDir}); without one, blobs
+   * go to a scratch directory beside the output that is removed afterwards.
+   */
+  cacheDir?: string;
 }
 
 /** What a pull produced. */
@@ -168,7 +168,16 @@ async function checkDestination(output: string): Promise<string> {
     if (!(e instanceof Deno.errors.NotFound)) throw localIoError(e, `cannot use ${output}`);
   }
   const slash = output.lastIndexOf("/");
-  return slash > 0 ? output.slice(0, slash) : slash === 0 ? "/" : ".";
+  const dir = slash > 0 ? output.slice(0, slash) : slash === 0 ? "/" : ".";
+  // Fail before downloading anything when the archive could not be written.
+  const probe = `${dir}/.imgpull-probe-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await Deno.writeFile(probe, new Uint8Array(0), { createNew: true });
+    await Deno.remove(probe);
+  } catch (e) {
+    throw localIoError(e, `cannot write to ${dir}`);
+  }
+  return dir;
 }
 
 /** Pulls one image for one platform into a docker-archive. */
@@ -188,11 +197,14 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   const signal = options.signal
     ? AbortSignal.any([options.signal, failure.signal])
     : failure.signal;
-  const client = await connect(ref, { ...options, signal });
-  let store: BlobStore | undefined;
+  // The shared cache, or a scratch directory beside the output (removed afterwards).
+  const store = options.cacheDir
+    ? await BlobStore.open(options.cacheDir)
+    : await BlobStore.createIn(outputDir);
+  let client: RegistryClient | undefined;
   try {
-    const resolved = await resolveImage(client, ref, platform, onEvent);
-    store = await BlobStore.createIn(outputDir);
+    client = await connect(ref, { ...options, signal });
+    const resolved = await resolveImage(client, ref, platform, onEvent, store);
     const run: LayerRun = {
       client,
       store,
@@ -220,8 +232,8 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       bytes: image.layers.reduce((sum, l) => sum + l.size, 0),
     };
   } finally {
-    client.close();
-    await store?.remove();
+    client?.close();
+    if (!store.persistent) await store.remove();
   }
 }
 
@@ -302,6 +314,18 @@ async function fetchImageLayers(
           `; fetching it from the registry`,
       });
     }
+    if (await store.size(layer.digest) === undefined) {
+      // A layer with the same content, e.g. from --import-tar, needs no download.
+      const same = await store.blobForDiffId(diffId);
+      if (same) {
+        onEvent({
+          type: "notice",
+          message: `Layer ${shortDigest(layer.digest)} found in the cache by its diff_id`,
+        });
+        onEvent({ type: "blob-done", digest: layer.digest, size: layer.size, reused: true });
+        return { digest: same.digest, path: store.blobPath(same.digest), size: same.size };
+      }
+    }
     const path = await downloadBlob(run.client, layer, store, {
       policy: run.policy,
       signal: run.signal,
@@ -336,15 +360,20 @@ async function convertZstdLayer(
   store: BlobStore,
   onEvent: PullEventSink,
 ): Promise<ArchiveLayer> {
-  const tempPath = store.tempPath("zstd");
-  const { diffId: actual, size } = await decompressLayer(layer.path, "zstd", tempPath);
-  if (actual !== diffId) {
-    await Deno.remove(tempPath).catch(() => {});
-    throw new InvalidContentError(
-      `layer ${layer.digest} decompresses to ${actual}, but the config says ${diffId}`,
-    );
+  let path = store.blobPath(diffId);
+  let size = await store.size(diffId);
+  if (size === undefined) {
+    const tempPath = store.tempPath("zstd");
+    const result = await decompressLayer(layer.path, "zstd", tempPath);
+    if (result.diffId !== diffId) {
+      await Deno.remove(tempPath).catch(() => {});
+      throw new InvalidContentError(
+        `layer ${layer.digest} decompresses to ${result.diffId}, but the config says ${diffId}`,
+      );
+    }
+    path = await store.commit(tempPath, diffId);
+    size = result.size;
   }
-  const path = await store.commit(tempPath, diffId);
   onEvent({
     type: "notice",
     message: `Layer ${shortDigest(layer.digest)} is zstd-compressed; ` +

@@ -32,6 +32,7 @@ import {
   selectPlatform,
 } from "./platform.ts";
 import type { FetchedManifest, RegistryClient } from "./registry.ts";
+import type { BlobStore } from "./store.ts";
 import { readCapped } from "./transport.ts";
 import type { Reference } from "./reference.ts";
 
@@ -164,6 +165,7 @@ export async function resolveImage(
   ref: Reference,
   platform: Platform,
   onEvent: PullEventSink = () => {},
+  store?: BlobStore,
 ): Promise<ResolvedImage> {
   const requested = formatPlatform(platform);
   let current = await fetchTopManifest(client, ref);
@@ -206,7 +208,7 @@ export async function resolveImage(
       manifestDigest: current.digest,
     };
   }
-  const { config, configBytes } = await fetchConfig(client, manifest);
+  const { config, configBytes } = await fetchConfig(client, manifest, store);
   if (!chosenPlatform) {
     checkSinglePlatform(platform, config, undefined);
     onEvent({ type: "platform", requested, chosen: configPlatformText(config), exact: true });
@@ -247,10 +249,16 @@ function checkSinglePlatform(
 export async function fetchConfig(
   client: RegistryClient,
   manifest: ImageManifest,
+  store?: BlobStore,
 ): Promise<{ config: ImageConfig; configBytes: Uint8Array<ArrayBuffer> }> {
   const descriptor = manifest.config;
   if (descriptor.size > MAX_CONFIG_BYTES) {
     throw new InvalidContentError(`image config is ${descriptor.size} bytes, too large`);
+  }
+  // A config in the store was verified when it was stored.
+  if (await store?.size(descriptor.digest) === descriptor.size) {
+    const configBytes = await Deno.readFile(store!.blobPath(descriptor.digest));
+    return { config: parseImageConfig(configBytes, manifest.layers.length), configBytes };
   }
   const response = await client.openBlob(descriptor.digest);
   const configBytes = await readCapped(response, MAX_CONFIG_BYTES, "image config");
@@ -263,7 +271,13 @@ export async function fetchConfig(
   if (actual !== descriptor.digest) {
     throw new IntegrityError(`config ${descriptor.digest}: content has digest ${actual}`);
   }
-  return { config: parseImageConfig(configBytes, manifest.layers.length), configBytes };
+  const config = parseImageConfig(configBytes, manifest.layers.length);
+  if (store) {
+    const temp = store.tempPath("config");
+    await Deno.writeFile(temp, configBytes);
+    await store.commit(temp, descriptor.digest);
+  }
+  return { config, configBytes };
 }
 
 /** Reads os/architecture/variant and the diff_ids from a config, validating them. */

@@ -408,6 +408,7 @@ Deno.test("e2e: imgpull against real registries, proven by docker and podman", a
       try {
         const cwd = await workDir(env, "redirect");
         const { path } = await pullOk(env, [
+          "--no-cache",
           `${redirecting.host}/fixtures/app:v1`,
           "--ca-cert",
           env.pki.caCertPath,

@@ -10,7 +10,7 @@ export const PERMISSIONS = [
   "--allow-net",
   "--allow-read",
   "--allow-write",
-  "--allow-env=HOME,DOCKER_CONFIG,DOCKER_DEFAULT_PLATFORM,PATH",
+  "--allow-env=HOME,DOCKER_CONFIG,DOCKER_DEFAULT_PLATFORM,PATH,XDG_CACHE_HOME,LOCALAPPDATA",
   "--allow-run",
 ];
 
