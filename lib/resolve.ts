@@ -256,10 +256,28 @@ export async function fetchConfig(
     throw new InvalidContentError(`image config is ${descriptor.size} bytes, too large`);
   }
   // A config in the store was verified when it was stored.
-  if (await store?.size(descriptor.digest) === descriptor.size) {
+  const stored = async () => {
+    if (await store?.size(descriptor.digest) !== descriptor.size) return undefined;
     const configBytes = await Deno.readFile(store!.blobPath(descriptor.digest));
     return { config: parseImageConfig(configBytes, manifest.layers.length), configBytes };
+  };
+  const cached = await stored();
+  if (cached) return cached;
+  // Another process fetching the same config: wait for it instead of fetching twice.
+  const lock = await store?.lock(descriptor.digest);
+  try {
+    return (await stored()) ?? await downloadConfig(client, manifest, store);
+  } finally {
+    lock?.release();
   }
+}
+
+async function downloadConfig(
+  client: RegistryClient,
+  manifest: ImageManifest,
+  store?: BlobStore,
+): Promise<{ config: ImageConfig; configBytes: Uint8Array<ArrayBuffer> }> {
+  const descriptor = manifest.config;
   const response = await client.openBlob(descriptor.digest);
   const configBytes = await readCapped(response, MAX_CONFIG_BYTES, "image config");
   if (configBytes.byteLength !== descriptor.size) {

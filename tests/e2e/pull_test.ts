@@ -180,6 +180,32 @@ Deno.test("e2e: imgpull against real registries, proven by docker and podman", a
       },
     );
 
+    await t.step("--import-tar: layers from docker save are reused by their diff_id", async () => {
+      const cwd = await workDir(env, "import");
+      const saved = join(cwd, "saved.tar");
+      await docker(env, "save", "-o", saved, `${H}/fixtures/app:v1`);
+      const cache = join(cwd, "cache");
+      const imported = await imgpull(["--import-tar", saved, "--cache-dir", cache], {
+        cwd,
+        env: { HOME: env.home },
+      });
+      assert.equal(imported.code, 0, imported.stderr);
+      assert.match(imported.stderr, /Imported 3 layers/);
+      const { path, stderr } = await pullOk(env, [
+        `${H}/fixtures/app:v1`,
+        "--cache-dir",
+        cache,
+        "-o",
+        "again.tar",
+      ], { cwd });
+      assert.equal((stderr.match(/found in the cache by its diff_id/g) ?? []).length, 3, stderr);
+      assert.doesNotMatch(stderr, /: downloaded \(/, "no layer was downloaded");
+      await docker(env, "rmi", `${H}/fixtures/app:v1`);
+      await docker(env, "load", "-i", path);
+      const out = await docker(env, "run", "--rm", "--network", "none", `${H}/fixtures/app:v1`);
+      assert.equal(out, fx.images.app.manifests[0].marker);
+    });
+
     await t.step(
       "OCI index: linux/arm64 picks arm64/v8 and the loaded image reports arm64",
       async () => {

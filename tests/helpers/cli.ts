@@ -24,11 +24,14 @@ export interface CliOptions {
   stdin?: string;
 }
 
+/** Deno's own cache, kept when a test points HOME elsewhere (so main.ts is not recompiled). */
+const DENO_DIR = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`;
+
 /** Runs `imgpull ARGS…` and returns its exit code and output. */
 export function imgpull(args: string[], options: CliOptions = {}): Promise<CommandResult> {
   return run(Deno.execPath(), ["run", "--quiet", "--no-config", ...PERMISSIONS, MAIN, ...args], {
     cwd: options.cwd,
-    env: { NO_COLOR: "1", ...options.env },
+    env: { NO_COLOR: "1", DENO_DIR, ...options.env },
     stdin: options.stdin === undefined ? undefined : new TextEncoder().encode(options.stdin),
   });
 }

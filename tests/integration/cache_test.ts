@@ -1,0 +1,180 @@
+/**
+ * The blob cache through the CLI: warm re-pulls transfer no blob bytes,
+ * concurrent processes share one cache without downloading a blob twice or
+ * corrupting it, an interrupted download resumes in the next run, and
+ * pruning works.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { digestOf } from "../../lib/digest.ts";
+import { MediaType } from "../../lib/media_types.ts";
+import { imgpull } from "../helpers/cli.ts";
+import {
+  cutAfter,
+  type FaultHandler,
+  type FaultRequest,
+  startFaultRegistry,
+} from "../helpers/fault_registry.ts";
+
+const MiB = 1024 * 1024;
+const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+
+function pseudoRandom(size: number, seed: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+/** An image whose layers are opaque bytes: imgpull verifies digests, not tar content. */
+function testImage() {
+  const big = pseudoRandom(12 * MiB + 777, 7);
+  const small = pseudoRandom(5000, 9);
+  const layers = [big, small].map((bytes) => ({
+    mediaType: MediaType.dockerLayerGzip,
+    digest: digestOf(bytes),
+    size: bytes.byteLength,
+  }));
+  const config = enc({
+    architecture: "amd64",
+    os: "linux",
+    rootfs: { type: "layers", diff_ids: layers.map((l) => l.digest) },
+  });
+  const manifest = enc({
+    schemaVersion: 2,
+    mediaType: MediaType.dockerManifest,
+    config: {
+      mediaType: MediaType.dockerConfig,
+      digest: digestOf(config),
+      size: config.byteLength,
+    },
+    layers,
+  });
+  return {
+    bigDigest: layers[0].digest,
+    blobs: new Map([[layers[0].digest, big], [layers[1].digest, small], [
+      digestOf(config),
+      config,
+    ]]),
+    manifests: new Map([["test/img:latest", {
+      bytes: manifest,
+      mediaType: MediaType.dockerManifest,
+    }]]),
+  };
+}
+
+async function withRegistry(
+  fault: FaultHandler | undefined,
+  body: (
+    ctx: {
+      host: string;
+      dir: string;
+      blobGets: () => number;
+      reset: () => void;
+      requests: () => FaultRequest[];
+    },
+  ) => Promise<void>,
+) {
+  const image = testImage();
+  const registry = startFaultRegistry({ blobs: image.blobs, manifests: image.manifests, fault });
+  const dir = await Deno.makeTempDir();
+  try {
+    await body({
+      host: registry.host,
+      dir,
+      blobGets: () => registry.requests.filter((r) => r.path.includes("/blobs/")).length,
+      reset: () => registry.requests.splice(0),
+      requests: () => registry.requests,
+    });
+  } finally {
+    await registry.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function cli(args: string[], dir: string) {
+  return imgpull(args, { cwd: dir, env: { HOME: dir } });
+}
+
+Deno.test("cache: a warm re-pull transfers no blob bytes", async () => {
+  await withRegistry(undefined, async ({ host, dir, blobGets, reset }) => {
+    const cache = join(dir, "cache");
+    const cold = await cli([`${host}/test/img`, "--cache-dir", cache, "-o", "a.tar"], dir);
+    assert.equal(cold.code, 0, cold.stderr);
+    assert.ok(blobGets() >= 3);
+    reset();
+    const warm = await cli([`${host}/test/img`, "--cache-dir", cache, "-o", "b.tar"], dir);
+    assert.equal(warm.code, 0, warm.stderr);
+    assert.equal(blobGets(), 0, "manifests only");
+    assert.deepEqual(
+      await Deno.readFile(join(dir, "a.tar")),
+      await Deno.readFile(join(dir, "b.tar")),
+    );
+    const info = await cli(["--cache-info", "--cache-dir", cache], dir);
+    assert.match(info.stdout, /Blobs: 3 /);
+    const prune = await cli(["--cache-prune", "--cache-dir", cache], dir);
+    assert.equal(prune.code, 0, prune.stderr);
+    const after = await cli(["--cache-info", "--cache-dir", cache], dir);
+    assert.match(after.stdout, /Blobs: 0 /);
+  });
+});
+
+Deno.test("cache: concurrent processes share one cache and download each blob once", async () => {
+  await withRegistry(undefined, async ({ host, dir, blobGets, requests }) => {
+    const cache = join(dir, "cache");
+    const runs = await Promise.all(
+      [1, 2, 3, 4].map((i) =>
+        cli([`${host}/test/img`, "--cache-dir", cache, "-o", `p${i}.tar`, "-q"], dir)
+      ),
+    );
+    for (const r of runs) assert.equal(r.code, 0, r.stderr);
+    const first = await Deno.readFile(join(dir, "p1.tar"));
+    for (const i of [2, 3, 4]) assert.deepEqual(await Deno.readFile(join(dir, `p${i}.tar`)), first);
+    // Every blob (and every Range segment of the big one) was fetched by one process only.
+    const fetched = requests().filter((r) => r.path.includes("/blobs/"));
+    const distinct = new Set(fetched.map((r) => `${r.path} ${r.range}`));
+    assert.equal(distinct.size, fetched.length, "no blob or segment fetched twice");
+    assert.equal(new Set(fetched.map((r) => r.path)).size, 3);
+    assert.equal(blobGets(), fetched.length);
+  });
+});
+
+Deno.test("cache: an interrupted download resumes in the next run", async () => {
+  let cut = true;
+  const fault: FaultHandler = (_req, ctx) => {
+    if (cut && ctx.bytes && ctx.bytes.byteLength > MiB) {
+      cut = false;
+      return cutAfter(ctx.bytes.slice(0, 5 * MiB), 200, {
+        "content-length": String(ctx.bytes.byteLength),
+      });
+    }
+    return undefined;
+  };
+  await withRegistry(fault, async ({ host, dir }) => {
+    const cache = join(dir, "cache");
+    const args = [
+      `${host}/test/img`,
+      "--cache-dir",
+      cache,
+      "--segment-size",
+      "64",
+      "--retries",
+      "0",
+    ];
+    const first = await cli(args, dir);
+    assert.equal(first.code, 6, first.stderr);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["cache"]);
+    const info = await cli(["--cache-info", "--cache-dir", cache], dir);
+    assert.match(info.stdout, /Partial downloads: 1 \(5\.2 MB\)/);
+    const second = await cli([...args, "--verbose"], dir);
+    assert.equal(second.code, 0, second.stderr);
+    assert.match(second.stderr, /resuming sha256:[0-9a-f]+ from a previous run \(5242880 bytes/);
+    const done = await cli(["--cache-info", "--cache-dir", cache], dir);
+    assert.match(done.stdout, /Partial downloads: 0 /);
+  });
+});
