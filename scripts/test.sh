@@ -23,11 +23,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Deno comes from the npm package "deno", pinned in package.json / package-lock.json.
-if [ ! -x node_modules/.bin/deno ] || ! node_modules/.bin/deno --version | grep -q "^deno 2.9.6 "; then
-  npm ci --no-audit --no-fund --loglevel=error
+# Deno comes from the npm package "deno", pinned in tools/deno/package-lock.json. It lives in
+# its own folder so that Deno does not take this repository for an npm project.
+DENO_HOME="$PWD/tools/deno"
+if [ ! -x "$DENO_HOME/node_modules/.bin/deno" ] ||
+  ! "$DENO_HOME/node_modules/.bin/deno" --version | grep -q "^deno 2.9.6 "; then
+  npm ci --prefix "$DENO_HOME" --no-audit --no-fund --loglevel=error
 fi
-export PATH="$PWD/node_modules/.bin:$PATH"
+export PATH="$DENO_HOME/node_modules/.bin:$PATH"
 deno --version | head -1
 
 deno task check
