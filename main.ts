@@ -35,8 +35,10 @@ Options:
   --password-stdin                 read the password from standard input
   --ca-cert FILE                   trust this CA certificate (PEM); may be repeated
   --plain-http                     allow plain HTTP to a registry that is not on loopback
-  --retries N                      retries per blob segment after a transient failure
-                                   (default 3)
+  --retries N                      retries per request or blob segment after a transient
+                                   failure (default 3)
+  --stall-timeout SECONDS          abort and retry a transfer that receives nothing for
+                                   this long (default 30)
   --connections N                  HTTP connections streaming blob data at once, across
                                    all layers (default 16)
   --segment-size MIB               largest Range segment of a blob (default 8)
@@ -72,6 +74,7 @@ const OPTIONS = {
   "plain-http": { type: "boolean" },
   retries: { type: "string" },
   connections: { type: "string" },
+  "stall-timeout": { type: "string" },
   "segment-size": { type: "string" },
   "cache-dir": { type: "string" },
   "no-cache": { type: "boolean" },
@@ -380,7 +383,10 @@ export async function main(args: string[]): Promise<number> {
       );
     }
     const password = values["password-stdin"] ? await readPasswordFromStdin() : values.password;
+    const stallSeconds = parseCount(values["stall-timeout"], "--stall-timeout", 1);
     const connectOptions = {
+      retries: parseCount(values.retries, "--retries", 0),
+      stallTimeoutMs: stallSeconds === undefined ? undefined : stallSeconds * 1000,
       username: values.username,
       password,
       caCertFiles: values["ca-cert"] ?? [],
@@ -401,7 +407,6 @@ export async function main(args: string[]): Promise<number> {
       "--max-concurrent-downloads",
       1,
     );
-    const retries = parseCount(values.retries, "--retries", 0);
     const connections = parseCount(values.connections, "--connections", 1);
     const segmentMiB = parseCount(values["segment-size"], "--segment-size", 1);
     const platform = requestedPlatform(values.platform, env);
@@ -416,7 +421,6 @@ export async function main(args: string[]): Promise<number> {
         platform: values.platform ?? formatPlatform(platform),
         output: values.output,
         maxConcurrentDownloads: concurrency,
-        retries,
         connections,
         maxSegmentBytes: segmentMiB === undefined ? undefined : segmentMiB * 1024 * 1024,
         cacheDir,

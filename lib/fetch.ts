@@ -15,6 +15,7 @@ import { ImgpullError, IntegrityError, NetworkError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import type { RegistryClient } from "./registry.ts";
+import { StallTimer, withRetries } from "./retry.ts";
 import { Semaphore } from "./semaphore.ts";
 import { type BlobStore, localIoError, type PartialState } from "./store.ts";
 import { toNetworkError } from "./transport.ts";
@@ -38,11 +39,18 @@ export interface FetchPolicy {
   maxSegmentBytes: number;
   /** Retries per segment after a transient failure. */
   retries: number;
+  /** A transfer that receives nothing for this long is aborted (and retried). */
+  stallTimeoutMs: number;
 }
 
 /** A policy with the documented defaults. */
 export function fetchPolicy(
-  options: { connections?: number; maxSegmentBytes?: number; retries?: number } = {},
+  options: {
+    connections?: number;
+    maxSegmentBytes?: number;
+    retries?: number;
+    stallTimeoutMs?: number;
+  } = {},
 ): FetchPolicy {
   const connectionCount = options.connections ?? 16;
   return {
@@ -50,6 +58,7 @@ export function fetchPolicy(
     connectionCount,
     maxSegmentBytes: options.maxSegmentBytes ?? 8 * 1024 * 1024,
     retries: options.retries ?? 3,
+    stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
   };
 }
 
@@ -166,27 +175,6 @@ async function createEmpty(path: string): Promise<void> {
   } catch (e) {
     throw localIoError(e, `cannot create ${path}`);
   }
-}
-
-/** Exponential backoff with full jitter, honouring a (capped) Retry-After. */
-export function backoffMs(attempt: number, retryAfterMs?: number): number {
-  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, 60_000);
-  const ceiling = Math.min(500 * 2 ** attempt, 10_000);
-  return Math.round(ceiling / 2 + Math.random() * ceiling / 2);
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 /** Splits `size` bytes into segments for `connections` connections. */
@@ -337,96 +325,121 @@ class BlobTransfer {
       ? AbortSignal.any([this.#options.signal, stop.signal])
       : stop.signal;
     const results = await Promise.allSettled(
-      this.#segments.map((segment) =>
-        this.#withRetries(segment, async (s) => {
-          signal.throwIfAborted();
-          try {
-            await this.#fetchSegment(s, true, signal);
-          } catch (e) {
-            stop.abort(e);
-            throw e;
-          }
-        })
-      ),
+      this.#segments.map(async (segment) => {
+        try {
+          await this.#withRetries(segment, (s) => {
+            signal.throwIfAborted();
+            return this.#fetchSegment(s, true, signal);
+          }, signal);
+        } catch (e) {
+          // Out of retries (or not retryable): the other segments stop too.
+          stop.abort(e);
+          throw e;
+        }
+      }),
     );
     if (stop.signal.aborted) throw stop.signal.reason;
     const failed = results.find((r) => r.status === "rejected") as PromiseRejectedResult;
     if (failed) throw failed.reason;
   }
 
-  async #withRetries(segment: Segment, attempt: (s: Segment) => Promise<void>): Promise<void> {
-    const { retries } = this.#options.policy;
-    for (let n = 0;; n++) {
-      try {
-        await attempt(segment);
-        return;
-      } catch (e) {
-        if (!(e instanceof NetworkError) || !e.retryable || n >= retries) throw e;
-        this.#options.signal?.throwIfAborted();
-        const delay = backoffMs(n, e.retryAfterMs);
+  #withRetries(
+    segment: Segment,
+    attempt: (s: Segment) => Promise<void>,
+    signal = this.#options.signal,
+  ): Promise<void> {
+    return withRetries(() => attempt(segment), {
+      retries: this.#options.policy.retries,
+      signal,
+      onRetry: (e, n, delay) =>
         this.#onEvent({
           type: "debug",
-          message:
-            `retrying ${this.#descriptor.digest} at byte ${segment.start + segment.written}` +
-            ` in ${delay} ms: ${e.message}`,
-        });
-        await sleep(delay, this.#options.signal);
-      }
-    }
+          message: `retry ${n} of ${this.#descriptor.digest} from byte ` +
+            `${segment.start + segment.written} in ${delay} ms: ${e.message}`,
+        }),
+    });
   }
 
   /**
    * Fetches what is missing of one segment under a connection permit. With
    * `ranged` false the segment is the whole blob and a plain GET is used
-   * unless it is being resumed.
+   * unless it is being resumed. A transfer that receives nothing for the
+   * stall timeout is aborted with a retryable error.
    */
   #fetchSegment(segment: Segment, ranged: boolean, signal?: AbortSignal): Promise<void> {
     if (segment.start + segment.written === segment.end) return Promise.resolve();
     return this.#options.policy.connections.run(async () => {
-      const digest = this.#descriptor.digest;
-      const from = segment.start + segment.written;
-      const resuming = segment.written > 0;
-      const useRange = ranged || resuming;
-      const response = await this.#client.openBlob(digest, {
-        signal: signal ?? this.#options.signal,
-        range: useRange
-          ? { start: from, end: Number.isFinite(segment.end) ? segment.end - 1 : undefined }
-          : undefined,
-      });
-      if (useRange) {
-        const range = response.status === 206 ? contentRange(response) : null;
-        const total = this.#descriptor.size;
-        const matches = range !== null && range.start === from &&
-          (!Number.isFinite(segment.end) || range.end === segment.end) &&
-          (range.total === undefined || total < 0 || range.total === total);
-        if (!matches) {
-          await response.body?.cancel();
-          if (ranged) throw new RangeIgnored();
-          // A resumed whole-blob transfer that got the whole blob again: start over.
-          await this.#reset();
-          segment.written = 0;
-          return await this.#fetchSegment(segment, false, signal);
+      for (;;) {
+        const stall = new StallTimer(
+          this.#options.policy.stallTimeoutMs,
+          `blob ${this.#descriptor.digest}`,
+        );
+        try {
+          const outer = signal ?? this.#options.signal;
+          const restarted = await this.#transferSegment(
+            segment,
+            ranged,
+            stall,
+            outer ? AbortSignal.any([outer, stall.signal]) : stall.signal,
+          );
+          if (!restarted) return;
+        } finally {
+          stall.clear();
         }
-      }
-      const expected = segment.end - from;
-      const declared = response.headers.get("content-length");
-      if (Number.isFinite(expected) && declared !== null && Number(declared) !== expected) {
-        await response.body?.cancel();
-        throw new IntegrityError(
-          `blob ${digest}: registry announced ${declared} bytes, expected ${expected}`,
-        );
-      }
-      await this.#consume(response, segment);
-      if (Number.isFinite(segment.end) && segment.start + segment.written !== segment.end) {
-        throw new NetworkError(
-          `blob ${digest}: connection closed after ${segment.written} of ` +
-            `${segment.end - segment.start} bytes`,
-        );
       }
     });
   }
 
-  async #consume(response: Response, segment: Segment): Promise<void> {
+  /** One request for a segment; true when the blob had to restart from byte 0. */
+  async #transferSegment(
+    segment: Segment,
+    ranged: boolean,
+    stall: StallTimer,
+    signal: AbortSignal,
+  ): Promise<boolean> {
+    const digest = this.#descriptor.digest;
+    const from = segment.start + segment.written;
+    const useRange = ranged || segment.written > 0;
+    const response = await this.#client.openBlob(digest, {
+      signal,
+      range: useRange
+        ? { start: from, end: Number.isFinite(segment.end) ? segment.end - 1 : undefined }
+        : undefined,
+    });
+    if (useRange) {
+      const range = response.status === 206 ? contentRange(response) : null;
+      const total = this.#descriptor.size;
+      const matches = range !== null && range.start === from &&
+        (!Number.isFinite(segment.end) || range.end === segment.end) &&
+        (range.total === undefined || total < 0 || range.total === total);
+      if (!matches) {
+        await response.body?.cancel();
+        if (ranged) throw new RangeIgnored();
+        // A resumed whole-blob transfer that got the whole blob again: start over.
+        await this.#reset();
+        segment.written = 0;
+        return true;
+      }
+    }
+    const expected = segment.end - from;
+    const declared = response.headers.get("content-length");
+    if (Number.isFinite(expected) && declared !== null && Number(declared) !== expected) {
+      await response.body?.cancel();
+      throw new IntegrityError(
+        `blob ${digest}: registry announced ${declared} bytes, expected ${expected}`,
+      );
+    }
+    await this.#consume(response, segment, stall);
+    if (Number.isFinite(segment.end) && segment.start + segment.written !== segment.end) {
+      throw new NetworkError(
+        `blob ${digest}: connection closed after ${segment.written} of ` +
+          `${segment.end - segment.start} bytes`,
+      );
+    }
+    return false;
+  }
+
+  async #consume(response: Response, segment: Segment, stall: StallTimer): Promise<void> {
     const { digest, size } = this.#descriptor;
     if (!response.body) return;
     using file = await Deno.open(this.#path, { write: true });
@@ -439,9 +452,11 @@ class BlobTransfer {
         try {
           chunk = await reader.read(new Uint8Array(buffer));
         } catch (e) {
-          throw toNetworkError(e, response.url);
+          // A stall aborts the body with the stall's own (retryable) error.
+          throw stall.signal.aborted ? stall.signal.reason : toNetworkError(e, response.url);
         }
         if (chunk.done) break;
+        stall.kick();
         const bytes = chunk.value;
         const position = segment.start + segment.written;
         if (position + bytes.byteLength > segment.end) {

@@ -40,6 +40,10 @@ export interface ConnectOptions {
   signal?: AbortSignal;
   /** Overrides the manifest Accept list (tests use it to get schema1). */
   manifestAccept?: readonly string[];
+  /** Retries per request or blob segment after a transient failure (default 3). */
+  retries?: number;
+  /** A transfer that receives nothing for this long is aborted and retried (default 30 s). */
+  stallTimeoutMs?: number;
 }
 
 /** What to pull and where. */
@@ -51,8 +55,6 @@ export interface PullOptions extends ConnectOptions {
   output?: string;
   /** Layers downloaded at once (default 3). */
   maxConcurrentDownloads?: number;
-  /** Retries per blob segment after a transient failure (default 3). */
-  retries?: number;
   /** HTTP requests streaming blob data at once, across all layers (default 16). */
   connections?: number;
   /** Largest Range segment of a blob, in bytes (default 8 MiB). */
@@ -131,6 +133,8 @@ export async function connect(ref: Reference, options: ConnectOptions): Promise<
     log,
     manifestAccept: options.manifestAccept,
     signal: options.signal,
+    retries: options.retries,
+    stallTimeoutMs: options.stallTimeoutMs,
   });
   try {
     await client.ping();
@@ -213,6 +217,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
         connections: options.connections,
         maxSegmentBytes: options.maxSegmentBytes,
         retries: options.retries,
+        stallTimeoutMs: options.stallTimeoutMs,
       }),
       onEvent,
       signal,

@@ -11,6 +11,7 @@ import { NetworkError } from "./errors.ts";
 import { MANIFEST_ACCEPT } from "./media_types.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
+import { StallTimer, withRetries } from "./retry.ts";
 import { errorForResponse, readCapped, type TlsOptions, Transport } from "./transport.ts";
 
 /** How to reach a registry. */
@@ -28,6 +29,10 @@ export interface RegistryClientOptions {
   /** Overrides the manifest `Accept` list (tests use it to ask for schema1). */
   manifestAccept?: readonly string[];
   signal?: AbortSignal;
+  /** Retries of a manifest or ping request after a transient failure (default 3). */
+  retries?: number;
+  /** A request that receives nothing for this long is aborted and retried (default 30 s). */
+  stallTimeoutMs?: number;
 }
 
 /** A manifest as the registry sent it. */
@@ -72,11 +77,11 @@ export class RegistryClient {
   async ping(): Promise<void> {
     const host = registryApiHost(this.options.registry);
     if (this.options.plainHttp) {
-      await this.#pingBase(`http://${host}`);
+      await this.retrying("ping", (signal) => this.#pingBase(`http://${host}`, signal));
       return;
     }
     try {
-      await this.#pingBase(`https://${host}`);
+      await this.retrying("ping", (signal) => this.#pingBase(`https://${host}`, signal));
     } catch (httpsError) {
       if (!(httpsError instanceof NetworkError) || !isLoopbackRegistry(this.options.registry)) {
         throw httpsError;
@@ -90,8 +95,33 @@ export class RegistryClient {
     }
   }
 
-  async #pingBase(base: string): Promise<void> {
-    const response = await this.#transport.fetch(`${base}/v2/`, { signal: this.options.signal });
+  /**
+   * Runs a small request (ping, manifest, config) with retries after
+   * transient failures and a stall timeout covering the whole exchange.
+   */
+  retrying<T>(what: string, operation: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return withRetries(async () => {
+      const stall = new StallTimer(this.options.stallTimeoutMs ?? 30_000, what);
+      const outer = this.options.signal;
+      try {
+        return await operation(outer ? AbortSignal.any([outer, stall.signal]) : stall.signal);
+      } catch (e) {
+        throw stall.signal.aborted ? stall.signal.reason : e;
+      } finally {
+        stall.clear();
+      }
+    }, {
+      retries: this.options.retries ?? 3,
+      signal: this.options.signal,
+      onRetry: (e, n, delay) =>
+        this.options.log?.(`retry ${n} of ${what} in ${delay} ms: ${e.message}`),
+    });
+  }
+
+  async #pingBase(base: string, signal?: AbortSignal): Promise<void> {
+    const response = await this.#transport.fetch(`${base}/v2/`, {
+      signal: signal ?? this.options.signal,
+    });
     if (response.status === 401) {
       this.#base = base;
       await this.#session.challenged(response, undefined);
@@ -128,19 +158,21 @@ export class RegistryClient {
   }
 
   /** Fetches a manifest by tag or digest, capped at 4 MiB. */
-  async getManifest(reference: string): Promise<FetchedManifest> {
+  getManifest(reference: string): Promise<FetchedManifest> {
     const accept = (this.options.manifestAccept ?? MANIFEST_ACCEPT).join(", ");
     const what = `manifest ${this.options.registry}/${this.options.repository}:${reference}`;
-    const response = await this.#get(`manifests/${reference}`, {
-      accept,
-      "accept-encoding": "identity",
+    return this.retrying(what, async (signal) => {
+      const response = await this.#get(`manifests/${reference}`, {
+        accept,
+        "accept-encoding": "identity",
+      }, signal);
+      if (!response.ok) throw await errorForResponse(response, what);
+      return {
+        bytes: await readCapped(response, MAX_MANIFEST_BYTES, what),
+        contentType: response.headers.get("content-type"),
+        digestHeader: response.headers.get("docker-content-digest"),
+      };
     });
-    if (!response.ok) throw await errorForResponse(response, what);
-    return {
-      bytes: await readCapped(response, MAX_MANIFEST_BYTES, what),
-      contentType: response.headers.get("content-type"),
-      digestHeader: response.headers.get("docker-content-digest"),
-    };
   }
 
   /**

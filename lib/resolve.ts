@@ -266,7 +266,11 @@ export async function fetchConfig(
   // Another process fetching the same config: wait for it instead of fetching twice.
   const lock = await store?.lock(descriptor.digest);
   try {
-    return (await stored()) ?? await downloadConfig(client, manifest, store);
+    return (await stored()) ??
+      await client.retrying(
+        `config ${manifest.config.digest}`,
+        (signal) => downloadConfig(client, manifest, signal, store),
+      );
   } finally {
     lock?.release();
   }
@@ -275,10 +279,11 @@ export async function fetchConfig(
 async function downloadConfig(
   client: RegistryClient,
   manifest: ImageManifest,
+  signal: AbortSignal,
   store?: BlobStore,
 ): Promise<{ config: ImageConfig; configBytes: Uint8Array<ArrayBuffer> }> {
   const descriptor = manifest.config;
-  const response = await client.openBlob(descriptor.digest);
+  const response = await client.openBlob(descriptor.digest, { signal });
   const configBytes = await readCapped(response, MAX_CONFIG_BYTES, "image config");
   if (configBytes.byteLength !== descriptor.size) {
     throw new IntegrityError(

@@ -128,9 +128,12 @@ export function toNetworkError(e: unknown, url: URL | string): unknown {
   }
   const origin = typeof url === "string" ? url : url.origin;
   const detail = describeCause(e);
-  const tls = /certificate|UnknownIssuer|CaUsedAsEndEntity|tls|handshake/i.test(detail);
+  const tls = /certificate|UnknownIssuer|CaUsedAsEndEntity|tls|handshake|InvalidContentType/i
+    .test(detail);
   return new NetworkError(`cannot reach ${origin}: ${detail}`, {
     cause: e,
+    // A certificate the client does not trust will not become trusted by retrying.
+    retryable: !tls,
     hint: tls ? "if the registry uses a private CA, pass it with --ca-cert FILE" : undefined,
   });
 }

@@ -1,0 +1,101 @@
+/**
+ * Retrying transient failures: exponential backoff with jitter, honouring a
+ * (capped) `Retry-After`, for errors whose kind says a retry may help
+ * ({@link ImgpullError.retryable}) and never for anything else. And a stall
+ * timer, since fetch has no read timeout of its own.
+ *
+ * @module
+ */
+import { ImgpullError, NetworkError } from "./errors.ts";
+
+/** Longest wait a server's `Retry-After` can impose on us. */
+const MAX_RETRY_AFTER_MS = 60_000;
+
+/** Exponential backoff with full jitter, honouring a (capped) Retry-After. */
+export function backoffMs(attempt: number, retryAfterMs?: number): number {
+  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, MAX_RETRY_AFTER_MS);
+  const ceiling = Math.min(500 * 2 ** attempt, 10_000);
+  return Math.round(ceiling / 2 + Math.random() * ceiling / 2);
+}
+
+/** Waits `ms`, or rejects with the signal's reason once it aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** Options of {@link withRetries}. */
+export interface RetryOptions {
+  /** Retries after the first attempt. */
+  retries: number;
+  signal?: AbortSignal;
+  /** Told about each retry (for --verbose). */
+  onRetry?: (error: ImgpullError, attempt: number, delayMs: number) => void;
+}
+
+/** Runs `operation`, retrying it while it fails with a retryable error. */
+export async function withRetries<T>(
+  operation: (attempt: number) => Promise<T>,
+  options: RetryOptions,
+): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await operation(attempt);
+    } catch (e) {
+      if (!(e instanceof ImgpullError) || !e.retryable || attempt >= options.retries) throw e;
+      options.signal?.throwIfAborted();
+      const delay = backoffMs(attempt, e instanceof NetworkError ? e.retryAfterMs : undefined);
+      options.onRetry?.(e, attempt + 1, delay);
+      await sleep(delay, options.signal);
+    }
+  }
+}
+
+/**
+ * Aborts its signal when `kick()` has not been called for `ms`: a transfer
+ * that stops sending bytes ends with a retryable {@link NetworkError}
+ * instead of hanging forever.
+ */
+export class StallTimer {
+  readonly #controller = new AbortController();
+  readonly #ms: number;
+  readonly #what: string;
+  #timer?: ReturnType<typeof setTimeout>;
+
+  constructor(ms: number, what: string) {
+    this.#ms = ms;
+    this.#what = what;
+    this.kick();
+  }
+
+  /** Aborted when the transfer stalls. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Data arrived: start the period again. */
+  kick(): void {
+    clearTimeout(this.#timer);
+    if (this.#controller.signal.aborted) return;
+    this.#timer = setTimeout(() => {
+      this.#controller.abort(
+        new NetworkError(`${this.#what}: no data for ${Math.round(this.#ms / 1000)} s`),
+      );
+    }, this.#ms);
+  }
+
+  /** Stops watching (always call it, or the timer keeps the process alive). */
+  clear(): void {
+    clearTimeout(this.#timer);
+  }
+}
