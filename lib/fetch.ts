@@ -65,6 +65,8 @@ export function fetchPolicy(
 /** Options of {@link downloadBlob}. */
 export interface DownloadOptions {
   policy: FetchPolicy;
+  /** Also write the blob here: its place in the archive being assembled. */
+  output?: BlobSink;
   signal?: AbortSignal;
   onEvent?: PullEventSink;
   role?: "config" | "layer";
@@ -82,37 +84,55 @@ interface Segment {
 /** Thrown inside a transfer when a server answers a Range request with the whole blob. */
 class RangeIgnored extends Error {}
 
+/** A file, and the offset in it, where a blob's bytes are written. */
+export interface BlobSink {
+  path: string;
+  offset: number;
+}
+
+/** Where a downloaded blob ended up. */
+export interface DownloadedBlob {
+  /** The verified blob in the store; undefined when it was written only to `output`. */
+  path?: string;
+  /** True when the bytes were also written to `options.output`. */
+  inOutput: boolean;
+}
+
 /**
- * Downloads `descriptor` into `store` (unless it is already there) and
- * returns the path of the verified blob. A size of -1 means unknown
- * (schema1): then it streams over one connection and only the digest is
- * checked. In a persistent store the download holds the blob's lock (other
- * processes wait for it) and an interrupted transfer leaves a partial file
- * that the next run resumes.
+ * Downloads `descriptor` (unless it is in `store` already) and verifies it.
+ * With `options.output`, the bytes are also written there (the archive being
+ * assembled); in a scratch store that is the only copy. A size of -1 means
+ * unknown (schema1): then it streams over one connection and only the
+ * digest is checked. In the persistent cache the download holds the blob's
+ * lock (other processes wait for it) and an interrupted transfer leaves a
+ * partial file that the next run resumes.
  */
 export async function downloadBlob(
   client: RegistryClient,
   descriptor: Descriptor,
   store: BlobStore,
   options: DownloadOptions,
-): Promise<string> {
+): Promise<DownloadedBlob> {
   const { digest, size } = descriptor;
   const onEvent = options.onEvent ?? (() => {});
-  const reuse = async (): Promise<string | undefined> => {
+  const reuse = async (): Promise<DownloadedBlob | undefined> => {
     const existing = await store.size(digest);
     if (existing === undefined || (existing !== size && size >= 0)) return undefined;
     onEvent({ type: "blob-done", digest, size: existing, reused: true });
     const path = store.blobPath(digest);
     // The modification time records the last use, for pruning by age.
     if (store.persistent) await Deno.utime(path, new Date(), new Date()).catch(() => {});
-    return path;
+    return { path, inOutput: false };
   };
   const cached = await reuse();
   if (cached) return cached;
-  const lock = await store.lock(digest, options.signal);
+  // Only the shared cache needs a lock: a scratch store belongs to one pull.
+  const lock = store.persistent ? await store.lock(digest, options.signal) : undefined;
   try {
-    const ready = await reuse();
-    if (ready) return ready;
+    if (store.persistent) {
+      const ready = await reuse();
+      if (ready) return ready;
+    }
     onEvent({
       type: "blob-start",
       digest,
@@ -121,13 +141,22 @@ export async function downloadBlob(
       index: options.index ?? 0,
     });
     const resumable = store.persistent && size >= 0;
-    const path = resumable
-      ? store.partialPath(digest)
-      : store.tempPath(parseDigest(digest).hex.slice(0, 16));
     let resume = resumable ? await store.readPartial(digest, size) : undefined;
     for (;;) {
-      if (!resume) await createEmpty(path);
-      else {
+      // The store's copy: the cache's partial file, or a scratch file when the
+      // blob is not written straight into the archive.
+      const primary = resumable
+        ? store.partialPath(digest)
+        : options.output
+        ? undefined
+        : store.tempPath(parseDigest(digest).hex.slice(0, 16));
+      // Bytes of an earlier run are not in this archive: such a blob is copied in later.
+      const mirrored = options.output !== undefined && resume === undefined;
+      const sinks: BlobSink[] = [];
+      if (primary) sinks.push({ path: primary, offset: 0 });
+      if (mirrored) sinks.push(options.output!);
+      if (primary && !resume) await createEmpty(primary);
+      if (resume) {
         onEvent({
           type: "debug",
           message: `resuming ${digest} from a previous run (${
@@ -135,21 +164,20 @@ export async function downloadBlob(
           } bytes on disk)`,
         });
       }
-      const transfer = new BlobTransfer(client, descriptor, path, options, {
+      const transfer = new BlobTransfer(client, descriptor, sinks, options, {
         resume: resume?.segments,
         checkpoint: resumable ? (state) => store.writePartial(digest, state) : undefined,
       });
       try {
         await transfer.run();
-        break;
       } catch (e) {
         const resumed = resume !== undefined;
         if (resumable && !(e instanceof IntegrityError)) {
           await transfer.checkpointNow();
         } else if (resumable) {
           await store.removePartial(digest);
-        } else {
-          await Deno.remove(path).catch(() => {});
+        } else if (primary) {
+          await Deno.remove(primary).catch(() => {});
         }
         // Bytes left by an earlier run did not verify: start over once, from nothing.
         if (resumed && e instanceof IntegrityError) {
@@ -159,11 +187,12 @@ export async function downloadBlob(
         }
         throw e;
       }
+      onEvent({ type: "blob-done", digest, size, reused: false });
+      if (!primary) return { inOutput: true };
+      const committed = await store.commit(primary, digest);
+      if (resumable) await store.removePartial(digest);
+      return { path: committed, inOutput: mirrored };
     }
-    const committed = await store.commit(path, digest);
-    if (resumable) await store.removePartial(digest);
-    onEvent({ type: "blob-done", digest, size, reused: false });
-    return committed;
   } finally {
     lock?.release();
   }
@@ -210,7 +239,8 @@ function contentRange(response: Response): { start: number; end: number; total?:
 class BlobTransfer {
   readonly #client: RegistryClient;
   readonly #descriptor: Descriptor;
-  readonly #path: string;
+  /** Files (and offsets in them) that receive the blob; the first is read back for hashing. */
+  readonly #sinks: BlobSink[];
   readonly #options: DownloadOptions;
   readonly #onEvent: PullEventSink;
   #hasher: DigestHasher;
@@ -227,7 +257,7 @@ class BlobTransfer {
   constructor(
     client: RegistryClient,
     descriptor: Descriptor,
-    path: string,
+    sinks: BlobSink[],
     options: DownloadOptions,
     persistence: {
       resume?: Segment[];
@@ -236,7 +266,7 @@ class BlobTransfer {
   ) {
     this.#client = client;
     this.#descriptor = descriptor;
-    this.#path = path;
+    this.#sinks = sinks;
     this.#options = options;
     this.#onEvent = options.onEvent ?? (() => {});
     this.#hasher = new DigestHasher(parseDigest(descriptor.digest).algorithm);
@@ -310,7 +340,7 @@ class BlobTransfer {
     await this.#pumping;
     this.#hasher = new DigestHasher(parseDigest(this.#descriptor.digest).algorithm);
     this.#cursor = 0;
-    await Deno.truncate(this.#path, 0);
+    // No truncation: the restarted transfer overwrites every position again.
   }
 
   /** The whole blob over one connection (small blobs, unknown sizes, servers without Range). */
@@ -442,8 +472,13 @@ class BlobTransfer {
   async #consume(response: Response, segment: Segment, stall: StallTimer): Promise<void> {
     const { digest, size } = this.#descriptor;
     if (!response.body) return;
-    using file = await Deno.open(this.#path, { write: true });
-    await file.seek(segment.start + segment.written, Deno.SeekMode.Start);
+    // One handle per writer: concurrent segments must not share a file position.
+    const files = await Promise.all(this.#sinks.map(async (sink) => {
+      const file = await Deno.open(sink.path, { write: true });
+      await file.seek(sink.offset + segment.start + segment.written, Deno.SeekMode.Start);
+      return file;
+    }));
+    using _closer = { [Symbol.dispose]: () => files.forEach((f) => f.close()) };
     const reader = response.body.getReader({ mode: "byob" });
     let buffer = new ArrayBuffer(READ_BUFFER_BYTES);
     try {
@@ -462,7 +497,7 @@ class BlobTransfer {
         if (position + bytes.byteLength > segment.end) {
           throw new IntegrityError(`blob ${digest}: registry sent more than ${size} bytes`);
         }
-        await this.#write(file, bytes);
+        await Promise.all(files.map((file) => this.#write(file, bytes)));
         // Bytes at the hash cursor are hashed now; others wait for the pump.
         if (position === this.#cursor && !this.#pumping) {
           this.#hasher.update(bytes);
@@ -523,10 +558,11 @@ class BlobTransfer {
   /** Reads bytes written ahead of the cursor back from the file and hashes them in order. */
   async #pumpFromDisk(): Promise<void> {
     if (this.#frontier() <= this.#cursor) return;
-    using file = await Deno.open(this.#path, { read: true });
+    const sink = this.#sinks[0];
+    using file = await Deno.open(sink.path, { read: true });
     const buffer = new Uint8Array(READ_BUFFER_BYTES);
     for (let frontier = this.#frontier(); this.#cursor < frontier; frontier = this.#frontier()) {
-      await file.seek(this.#cursor, Deno.SeekMode.Start);
+      await file.seek(sink.offset + this.#cursor, Deno.SeekMode.Start);
       const want = Math.min(buffer.byteLength, frontier - this.#cursor);
       const n = await file.read(buffer.subarray(0, want));
       if (n === null || n === 0) break;

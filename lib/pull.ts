@@ -21,7 +21,7 @@ import { listPlatforms, type PlatformEntry, type ResolvedImage, resolveImage } f
 import { Semaphore } from "./semaphore.ts";
 import { BlobStore, localIoError } from "./store.ts";
 import { registryTls } from "./tls.ts";
-import { type ArchiveLayer, writeDockerArchive } from "./writers/docker_archive.ts";
+import { ArchiveFile, type ArchiveLayer, writeDockerArchive } from "./writers/docker_archive.ts";
 
 /** How to reach the registry. */
 export interface ConnectOptions {
@@ -223,11 +223,10 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       signal,
       failure,
     };
-    const image = resolved.kind === "image"
-      ? await fetchImageLayers(run, resolved)
-      : await fetchSchema1Layers(run, resolved);
     const repoTags = [repoTagFor(ref)];
-    await writeDockerArchive(output, { repoTags, ...image });
+    const image = resolved.kind === "image"
+      ? await pullImageLayers(run, resolved, output, repoTags)
+      : await pullSchema1Layers(run, resolved, output, repoTags);
     return {
       output,
       imageId: image.configDigest,
@@ -289,9 +288,18 @@ async function runAll<T, R>(
   return results.map((r) => (r as PromiseFulfilledResult<R>).value);
 }
 
-async function fetchImageLayers(
+/**
+ * Pulls the layers of an OCI/Docker image straight into the archive: every
+ * member's size is known up front, so the archive is laid out first and
+ * each download writes its bytes at their final offset (and into the cache,
+ * when there is one). Layers already stored are copied in; zstd layers are
+ * converted first, since their archived size is only known afterwards.
+ */
+async function pullImageLayers(
   run: LayerRun,
   resolved: Extract<ResolvedImage, { kind: "image" }>,
+  output: string,
+  repoTags: string[],
 ): Promise<FetchedImage> {
   const { manifest, config, configBytes } = resolved;
   const { onEvent, store } = run;
@@ -308,43 +316,90 @@ async function fetchImageLayers(
       );
     }
   }
-  const layers = await runAll(run, manifest.layers, async (layer, index) => {
+  // What each layer becomes in the archive, and where its bytes come from.
+  const layers = await Promise.all(manifest.layers.map(async (layer, index) => {
     const diffId = config.diffIds[index];
-    const foreign = isForeignLayer(layer.mediaType) || (layer.urls?.length ?? 0) > 0;
-    if (foreign) {
+    const archived: ArchiveLayer = { digest: layer.digest, size: layer.size };
+    if (isForeignLayer(layer.mediaType) || (layer.urls?.length ?? 0) > 0) {
       onEvent({
         type: "notice",
         message: `Layer ${shortDigest(layer.digest)} is a foreign layer` +
           (layer.urls?.length ? ` (urls: ${layer.urls.join(", ")})` : "") +
           `; fetching it from the registry`,
       });
+      archived.foreignSource = { diffId, descriptor: foreignDescriptor(layer) };
     }
-    if (await store.size(layer.digest) === undefined) {
-      // A layer with the same content, e.g. from --import-tar, needs no download.
-      const same = await store.blobForDiffId(diffId);
-      if (same) {
-        onEvent({
-          type: "notice",
-          message: `Layer ${shortDigest(layer.digest)} found in the cache by its diff_id`,
-        });
-        onEvent({ type: "blob-done", digest: layer.digest, size: layer.size, reused: true });
-        return { digest: same.digest, path: store.blobPath(same.digest), size: same.size };
-      }
+    if (await store.size(layer.digest) === layer.size) {
+      return { ...archived, path: store.blobPath(layer.digest) };
     }
-    const path = await downloadBlob(run.client, layer, store, {
+    // A layer with the same content, e.g. from --import-tar, needs no download.
+    const same = await store.blobForDiffId(diffId);
+    if (same) {
+      onEvent({
+        type: "notice",
+        message: `Layer ${shortDigest(layer.digest)} found in the cache by its diff_id`,
+      });
+      return {
+        ...archived,
+        digest: same.digest,
+        size: same.size,
+        path: store.blobPath(same.digest),
+      };
+    }
+    return archived;
+  }));
+  const zstd = manifest.layers
+    .map((layer, index) => ({ layer, index }))
+    .filter(({ layer, index }) =>
+      layerCompression(layer.mediaType) === "zstd" && layers[index].path === undefined
+    );
+  await runAll(run, zstd, async ({ layer, index }) => {
+    const { path } = await downloadBlob(run.client, layer, store, {
       policy: run.policy,
       signal: run.signal,
       onEvent,
       role: "layer",
       index,
     });
-    const archived: ArchiveLayer = { digest: layer.digest, path, size: layer.size };
-    if (foreign) archived.foreignSource = { diffId, descriptor: foreignDescriptor(layer) };
-    if (layerCompression(layer.mediaType) === "zstd") {
-      return await convertZstdLayer(archived, diffId, store, onEvent);
-    }
-    return archived;
+    layers[index] = await convertZstdLayer(
+      layers[index],
+      path!,
+      config.diffIds[index],
+      store,
+      onEvent,
+    );
   });
+
+  const archive = await ArchiveFile.create(output, {
+    repoTags,
+    configDigest: manifest.config.digest,
+    configBytes,
+    layers,
+  });
+  try {
+    // Each distinct layer once: an image may list the same blob twice.
+    const distinct = [...new Map(layers.map((l, index) => [l.digest, { l, index }])).values()];
+    await runAll(run, distinct, async ({ l, index }) => {
+      if (l.path) {
+        onEvent({ type: "blob-done", digest: l.digest, size: l.size, reused: true });
+        await archive.copyIn(l.digest, l.path);
+        return;
+      }
+      const result = await downloadBlob(run.client, manifest.layers[index], store, {
+        policy: run.policy,
+        signal: run.signal,
+        onEvent,
+        role: "layer",
+        index,
+        output: { path: archive.path, offset: archive.layerOffset(l.digest) },
+      });
+      if (!result.inOutput) await archive.copyIn(l.digest, result.path!);
+    });
+    await archive.commit();
+  } catch (e) {
+    await archive.discard();
+    throw e;
+  }
   return { configDigest: manifest.config.digest, configBytes, layers };
 }
 
@@ -361,6 +416,7 @@ function foreignDescriptor(layer: Descriptor): Descriptor {
  */
 async function convertZstdLayer(
   layer: ArchiveLayer,
+  zstdPath: string,
   diffId: string,
   store: BlobStore,
   onEvent: PullEventSink,
@@ -369,7 +425,7 @@ async function convertZstdLayer(
   let size = await store.size(diffId);
   if (size === undefined) {
     const tempPath = store.tempPath("zstd");
-    const result = await decompressLayer(layer.path, "zstd", tempPath);
+    const result = await decompressLayer(zstdPath, "zstd", tempPath);
     if (result.diffId !== diffId) {
       await Deno.remove(tempPath).catch(() => {});
       throw new InvalidContentError(
@@ -387,9 +443,12 @@ async function convertZstdLayer(
   return { ...layer, digest: diffId, path, size };
 }
 
-async function fetchSchema1Layers(
+/** Schema1: layers into the store first (their sizes are unknown), then the archive. */
+async function pullSchema1Layers(
   run: LayerRun,
   resolved: Extract<ResolvedImage, { kind: "schema1" }>,
+  output: string,
+  repoTags: string[],
 ): Promise<FetchedImage> {
   const { onEvent, store } = run;
   onEvent({
@@ -401,23 +460,26 @@ async function fetchSchema1Layers(
   const layers = await runAll(run, real, async (layer, index) => {
     // Schema1 has no sizes; the digest check still covers every byte.
     const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
-    const path = await downloadBlob(run.client, descriptor, store, {
+    const { path } = await downloadBlob(run.client, descriptor, store, {
       policy: run.policy,
       signal: run.signal,
       onEvent,
       role: "layer",
       index,
     });
+    if (!path) throw new Error("schema1 layer was not stored");
     const { diffId } = await decompressLayer(path, await sniffCompression(path));
     const size = (await Deno.stat(path)).size;
     return { layer: { digest: layer.blobSum, path, size } as ArchiveLayer, diffId };
   });
   const configBytes = schema1Config(resolved.manifest, layers.map((l) => l.diffId));
-  return {
+  const image = {
     configDigest: digestOf(configBytes),
     configBytes,
     layers: layers.map((l) => l.layer),
   };
+  await writeDockerArchive(output, { repoTags, ...image });
+  return image;
 }
 
 /** `sha256:0123456789ab` for messages. */

@@ -1,23 +1,18 @@
 /**
- * A minimal streaming tar (ustar) writer: regular files and directories,
- * names up to 255 bytes (ustar prefix split), sizes beyond 8 GiB in GNU
- * base-256. Entries are written in order straight to an output file; a
- * file's bytes are copied from disk in large chunks and never held whole.
- * Timestamps are 0 so that the same image gives the same archive.
+ * Tar (ustar) headers: regular files and directories, names up to 255 bytes
+ * (ustar prefix split), sizes beyond 8 GiB in GNU base-256. Timestamps are
+ * 0 so that the same image gives the same archive. Members are laid out by
+ * {@link ../writers/docker_archive.ts} with {@link tarEntrySize}.
  *
  * @example
  * ```ts
- * const out = await Deno.open("image.tar", { write: true, create: true });
- * const tar = new TarWriter(out);
- * await tar.addBytes("manifest.json", new TextEncoder().encode("[]"));
- * await tar.finish();
- * out.close();
+ * const header = tarHeader("manifest.json", 2, "file"); // 512 bytes
+ * tarEntrySize(2); // 1024: header, data, padding
  * ```
  * @module
  */
 
 const BLOCK = 512;
-const COPY_BUFFER_BYTES = 1024 * 1024;
 const encoder = new TextEncoder();
 
 /** Bytes of padding after `size` bytes of content. */
@@ -86,55 +81,4 @@ export function tarHeader(name: string, size: number, type: "file" | "directory"
   for (const b of header) sum += b;
   writeString(header, 148, 8, sum.toString(8).padStart(6, "0") + "\0 ");
   return header;
-}
-
-/** Writes tar entries sequentially to an open file. */
-export class TarWriter {
-  readonly #out: Deno.FsFile;
-  #buffer = new Uint8Array(COPY_BUFFER_BYTES);
-
-  constructor(out: Deno.FsFile) {
-    this.#out = out;
-  }
-
-  async #write(bytes: Uint8Array): Promise<void> {
-    let offset = 0;
-    while (offset < bytes.byteLength) offset += await this.#out.write(bytes.subarray(offset));
-  }
-
-  /** Adds a directory entry (`name` without trailing slash). */
-  async addDirectory(name: string): Promise<void> {
-    await this.#write(tarHeader(`${name}/`, 0, "directory"));
-  }
-
-  /** Adds a file whose content is in memory. */
-  async addBytes(name: string, bytes: Uint8Array): Promise<void> {
-    await this.#write(tarHeader(name, bytes.byteLength, "file"));
-    await this.#write(bytes);
-    await this.#write(new Uint8Array(tarPadding(bytes.byteLength)));
-  }
-
-  /**
-   * Adds a file copied from `path`, which must hold exactly `size` bytes
-   * (it was verified before; a change since then is an error).
-   */
-  async addFile(name: string, path: string, size: number): Promise<void> {
-    await this.#write(tarHeader(name, size, "file"));
-    using source = await Deno.open(path, { read: true });
-    let copied = 0;
-    for (;;) {
-      const n = await source.read(this.#buffer);
-      if (n === null) break;
-      copied += n;
-      if (copied > size) break;
-      await this.#write(this.#buffer.subarray(0, n));
-    }
-    if (copied !== size) throw new Error(`${path} changed size while being archived`);
-    await this.#write(new Uint8Array(tarPadding(size)));
-  }
-
-  /** Writes the two zero blocks that end an archive. */
-  async finish(): Promise<void> {
-    await this.#write(new Uint8Array(BLOCK * 2));
-  }
 }

@@ -82,13 +82,30 @@ Deno.test("fetch: planSegments covers the blob exactly, within the size bounds",
 
 Deno.test("fetch: a large blob arrives in Range segments and verifies", async () => {
   await withFault(undefined, async ({ client, store, requests }) => {
-    const path = await downloadBlob(client, DESCRIPTOR, store, {
+    const { path } = await downloadBlob(client, DESCRIPTOR, store, {
       policy: fetchPolicy(SMALL_SEGMENTS),
     });
-    assert.deepEqual(await Deno.readFile(path), BLOB);
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
     const ranges = requests.filter(isBlobRequest).map((r) => r.range);
     assert.equal(ranges.length, 6);
     assert.ok(ranges.every((r) => r?.startsWith("bytes=")));
+  });
+});
+
+Deno.test("fetch: segments go straight to their offset in the output, and nowhere else", async () => {
+  await withFault(undefined, async ({ client, store }) => {
+    const output = `${store.root}/tmp/archive`;
+    await Deno.writeFile(output, new Uint8Array(1000 + BLOB.byteLength + 10).fill(0xee));
+    const result = await downloadBlob(client, DESCRIPTOR, store, {
+      policy: fetchPolicy(SMALL_SEGMENTS),
+      output: { path: output, offset: 1000 },
+    });
+    assert.deepEqual(result, { inOutput: true });
+    const bytes = await Deno.readFile(output);
+    assert.deepEqual(bytes.subarray(1000, 1000 + BLOB.byteLength), BLOB);
+    assert.ok(bytes.subarray(0, 1000).every((b) => b === 0xee), "bytes before are untouched");
+    assert.ok(bytes.subarray(1000 + BLOB.byteLength).every((b) => b === 0xee), "and after");
+    assert.equal(await store.size(DIGEST), undefined, "a scratch store keeps no copy");
   });
 });
 
@@ -96,10 +113,10 @@ Deno.test("fetch: a server that ignores Range falls back to one connection", asy
   await withFault(
     (_req, ctx) => (ctx.bytes && ctx.range ? serveBytes(ctx.bytes) : undefined),
     async ({ client, store }) => {
-      const path = await downloadBlob(client, DESCRIPTOR, store, {
+      const { path } = await downloadBlob(client, DESCRIPTOR, store, {
         policy: fetchPolicy(SMALL_SEGMENTS),
       });
-      assert.deepEqual(await Deno.readFile(path), BLOB);
+      assert.deepEqual(await Deno.readFile(path!), BLOB);
     },
   );
 });
@@ -114,10 +131,10 @@ Deno.test("fetch: a wrong Content-Range is not trusted; the blob still verifies"
       headers: { "content-range": `bytes 0-${length - 1}/${BLOB.byteLength}` },
     });
   }, async ({ client, store }) => {
-    const path = await downloadBlob(client, DESCRIPTOR, store, {
+    const { path } = await downloadBlob(client, DESCRIPTOR, store, {
       policy: fetchPolicy(SMALL_SEGMENTS),
     });
-    assert.deepEqual(await Deno.readFile(path), BLOB);
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
   });
 });
 
@@ -132,8 +149,8 @@ Deno.test("fetch: a cut connection resumes with Range from the bytes written", a
   }, async ({ client, store, requests }) => {
     // One connection and one segment: the plain-GET path, as for small blobs.
     const policy = fetchPolicy({ connections: 1, maxSegmentBytes: 64 * MiB, retries: 2 });
-    const path = await downloadBlob(client, DESCRIPTOR, store, { policy });
-    assert.deepEqual(await Deno.readFile(path), BLOB);
+    const { path } = await downloadBlob(client, DESCRIPTOR, store, { policy });
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
     const ranges = requests.filter(isBlobRequest).map((r) => r.range);
     assert.equal(ranges[0], null);
     assert.match(ranges[1] ?? "", /^bytes=\d+-/);
@@ -178,10 +195,10 @@ Deno.test("fetch: real Distribution behind a CDN serves segments without Authori
   try {
     await pushBlob(registry.url, "test/big", BLOB);
     await client.ping();
-    const path = await downloadBlob(client, DESCRIPTOR, store, {
+    const { path } = await downloadBlob(client, DESCRIPTOR, store, {
       policy: fetchPolicy(SMALL_SEGMENTS),
     });
-    assert.deepEqual(await Deno.readFile(path), BLOB);
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
     const served = cdn.requests.filter((r) => r.method === "GET");
     assert.equal(served.length, 6);
     assert.ok(served.every((r) => r.status === 206 && !r.hadAuthorization));
