@@ -427,7 +427,8 @@ export async function main(args: string[]): Promise<number> {
       });
       renderer.finish();
       renderer.line(
-        `[+] Wrote ${result.repoTags.join(", ")} (${result.platform}, ${result.layers} layers, ` +
+        `[+] Wrote ${result.repoTags.join(", ")} (${result.platform}, ${result.layers} ` +
+          `layer${result.layers === 1 ? "" : "s"}, ` +
           `${humanBytes(result.bytes)}) to ${result.output}`,
       );
       renderer.line(`[+] Image ID: ${result.imageId}`);

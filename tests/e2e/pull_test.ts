@@ -20,6 +20,7 @@ const USER = "alice";
 const PASSWORD = "s3cret:with:colons";
 const SERVICE = "imgpull-test-registry";
 const ISSUER = "imgpull-test-issuer";
+const REFRESH_TOKEN = "refresh-token-from-docker-login";
 
 interface Environment {
   root: string;
@@ -56,6 +57,7 @@ async function startEnvironment(): Promise<Environment> {
       service: SERVICE,
       issuer: ISSUER,
       users: { [USER]: PASSWORD },
+      refreshToken: REFRESH_TOKEN,
     });
     closers.push(() => tokenServer.close());
     const basic = await startRegistry({
@@ -420,6 +422,22 @@ Deno.test("e2e: imgpull against real registries, proven by docker and podman", a
       assert.equal(requests[0].service, SERVICE);
       await docker(env, "load", "-i", path);
       await docker(env, "run", "--rm", "--network", "none", `${T}/fixtures/multi:latest`);
+
+      // docker login with an identity provider stores a refresh token instead of a password.
+      const home = join(env.root, "home-identitytoken");
+      await Deno.mkdir(join(home, ".docker"), { recursive: true });
+      await Deno.writeTextFile(
+        join(home, ".docker", "config.json"),
+        JSON.stringify({ auths: { [T]: { identitytoken: REFRESH_TOKEN } } }),
+      );
+      const seen = env.tokenServer.requests.length;
+      const cwd2 = await workDir(env, "token-refresh");
+      await pullOk(env, [`${T}/fixtures/app:v1`, "--ca-cert", env.pki.caCertPath, "--no-cache"], {
+        cwd: cwd2,
+        env: { HOME: home },
+      });
+      const refresh = env.tokenServer.requests.slice(seen);
+      assert.deepEqual(refresh.map((r) => [r.method, r.grantType]), [["POST", "refresh_token"]]);
     });
 
     await t.step("blob redirect to a CDN never carries Authorization", async () => {
