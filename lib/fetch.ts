@@ -11,14 +11,14 @@
  * @module
  */
 import { DigestHasher, parseDigest } from "./digest.ts";
-import { ImgpullError, IntegrityError, NetworkError } from "./errors.ts";
+import { ImgpullError, IntegrityError, NetworkError, NotFoundError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
-import type { RegistryClient } from "./registry.ts";
+import { isLoopbackRegistry } from "./reference.ts";
 import { StallTimer, withRetries } from "./retry.ts";
 import { Semaphore } from "./semaphore.ts";
 import { type BlobStore, localIoError, type PartialState } from "./store.ts";
-import { toNetworkError } from "./transport.ts";
+import { errorForResponse, type TlsOptions, toNetworkError, Transport } from "./transport.ts";
 
 /** Size of the buffer a body is read into (a BYOB reader fills up to half of it). */
 const READ_BUFFER_BYTES = 1024 * 1024;
@@ -84,6 +84,49 @@ interface Segment {
 /** Thrown inside a transfer when a server answers a Range request with the whole blob. */
 class RangeIgnored extends Error {}
 
+/** Where blob bytes come from: a registry ({@link RegistryClient}) or a plain URL. */
+export interface BlobSource {
+  /** Opens the blob (or a byte range of it); the caller consumes or cancels the body. */
+  openBlob(
+    digest: string,
+    init?: { signal?: AbortSignal; range?: { start: number; end?: number } },
+  ): Promise<Response>;
+}
+
+/**
+ * A foreign layer's own URL (a descriptor's `urls`), fetched without any
+ * credentials. Only HTTPS, unless the URL is on loopback.
+ */
+export class UrlBlobSource implements BlobSource {
+  readonly #transport: Transport;
+
+  constructor(readonly url: string, tls: TlsOptions = {}) {
+    const parsed = new URL(url);
+    const loopback = isLoopbackRegistry(parsed.host);
+    if (parsed.protocol !== "https:" && !(parsed.protocol === "http:" && loopback)) {
+      throw new NotFoundError(`refusing to fetch a foreign layer over ${parsed.protocol} (${url})`);
+    }
+    this.#transport = new Transport(tls);
+  }
+
+  async openBlob(
+    digest: string,
+    init: { signal?: AbortSignal; range?: { start: number; end?: number } } = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = { "accept-encoding": "identity" };
+    if (init.range) headers.range = `bytes=${init.range.start}-${init.range.end ?? ""}`;
+    const response = await this.#transport.fetch(this.url, { headers, signal: init.signal });
+    if (!response.ok) {
+      throw await errorForResponse(response, `foreign layer ${digest} at ${this.url}`);
+    }
+    return response;
+  }
+
+  close(): void {
+    this.#transport.close();
+  }
+}
+
 /** A file, and the offset in it, where a blob's bytes are written. */
 export interface BlobSink {
   path: string;
@@ -108,7 +151,7 @@ export interface DownloadedBlob {
  * partial file that the next run resumes.
  */
 export async function downloadBlob(
-  client: RegistryClient,
+  client: BlobSource,
   descriptor: Descriptor,
   store: BlobStore,
   options: DownloadOptions,
@@ -237,7 +280,7 @@ function contentRange(response: Response): { start: number; end: number; total?:
 
 /** One blob's bytes flowing from the registry into a file, hashed in order. */
 class BlobTransfer {
-  readonly #client: RegistryClient;
+  readonly #client: BlobSource;
   readonly #descriptor: Descriptor;
   /** Files (and offsets in them) that receive the blob; the first is read back for hashing. */
   readonly #sinks: BlobSink[];
@@ -255,7 +298,7 @@ class BlobTransfer {
   #checkpointing?: Promise<void>;
 
   constructor(
-    client: RegistryClient,
+    client: BlobSource,
     descriptor: Descriptor,
     sinks: BlobSink[],
     options: DownloadOptions,

@@ -8,9 +8,22 @@
 import { type Credential, type EnvReader, lookupCredential } from "./auth/credentials.ts";
 import { decompressLayer, sniffCompression } from "./compression.ts";
 import { digestOf, parseDigest } from "./digest.ts";
-import { InvalidContentError, LocalIoError, UsageError } from "./errors.ts";
+import {
+  IntegrityError,
+  InvalidContentError,
+  LocalIoError,
+  NotFoundError,
+  UsageError,
+} from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
-import { downloadBlob, type FetchPolicy, fetchPolicy } from "./fetch.ts";
+import {
+  downloadBlob,
+  type DownloadedBlob,
+  type DownloadOptions,
+  type FetchPolicy,
+  fetchPolicy,
+  UrlBlobSource,
+} from "./fetch.ts";
 import type { Descriptor } from "./manifest.ts";
 import { schema1Config } from "./manifest.ts";
 import { isForeignLayer, layerCompression, MediaType } from "./media_types.ts";
@@ -385,14 +398,23 @@ async function pullImageLayers(
         await archive.copyIn(l.digest, l.path);
         return;
       }
-      const result = await downloadBlob(run.client, manifest.layers[index], store, {
+      const descriptor = manifest.layers[index];
+      const options = {
         policy: run.policy,
         signal: run.signal,
         onEvent,
-        role: "layer",
+        role: "layer" as const,
         index,
         output: { path: archive.path, offset: archive.layerOffset(l.digest) },
-      });
+      };
+      let result: DownloadedBlob;
+      try {
+        result = await downloadBlob(run.client, descriptor, store, options);
+      } catch (e) {
+        // Registries may refuse to serve foreign layers: their own URLs are the other source.
+        if (!(e instanceof NotFoundError) || !descriptor.urls?.length) throw e;
+        result = await downloadFromUrls(descriptor, store, options, e);
+      }
       if (!result.inOutput) await archive.copyIn(l.digest, result.path!);
     });
     await archive.commit();
@@ -401,6 +423,38 @@ async function pullImageLayers(
     throw e;
   }
   return { configDigest: manifest.config.digest, configBytes, layers };
+}
+
+/** Fetches a foreign layer from the URLs its descriptor lists, the first that works. */
+async function downloadFromUrls(
+  descriptor: Descriptor,
+  store: BlobStore,
+  options: DownloadOptions,
+  registryError: NotFoundError,
+): Promise<DownloadedBlob> {
+  let lastError: unknown = registryError;
+  for (const url of descriptor.urls ?? []) {
+    let source: UrlBlobSource;
+    try {
+      source = new UrlBlobSource(url);
+    } catch (e) {
+      lastError = e;
+      continue;
+    }
+    try {
+      options.onEvent?.({
+        type: "notice",
+        message: `Layer ${shortDigest(descriptor.digest)} is not in the registry; fetching ${url}`,
+      });
+      return await downloadBlob(source, descriptor, store, options);
+    } catch (e) {
+      if (e instanceof IntegrityError) throw e;
+      lastError = e;
+    } finally {
+      source.close();
+    }
+  }
+  throw lastError;
 }
 
 /** The descriptor `docker save` records in LayerSources. */
