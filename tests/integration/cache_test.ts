@@ -15,26 +15,15 @@ import {
   type FaultRequest,
   startFaultRegistry,
 } from "../helpers/fault_registry.ts";
+import { pseudoRandomBytes } from "../helpers/random.ts";
 
 const MiB = 1024 * 1024;
 const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
 
-function pseudoRandom(size: number, seed: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
-
 /** An image whose layers are opaque bytes: imgpull verifies digests, not tar content. */
 function testImage() {
-  const big = pseudoRandom(12 * MiB + 777, 7);
-  const small = pseudoRandom(5000, 9);
+  const big = pseudoRandomBytes(12 * MiB + 777, 7);
+  const small = pseudoRandomBytes(5000, 9);
   const layers = [big, small].map((bytes) => ({
     mediaType: MediaType.dockerLayerGzip,
     digest: digestOf(bytes),

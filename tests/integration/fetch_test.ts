@@ -19,23 +19,11 @@ import {
 } from "../helpers/fault_registry.ts";
 import { pushBlob } from "../helpers/push.ts";
 import { startBlobCdn, startRegistry } from "../helpers/registry.ts";
+import { pseudoRandomBytes } from "../helpers/random.ts";
 
 const MiB = 1024 * 1024;
 
-/** Deterministic, incompressible-looking bytes. */
-function pseudoRandom(size: number, seed = 1): Uint8Array {
-  const out = new Uint8Array(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
-
-const BLOB = pseudoRandom(10 * MiB + 12345);
+const BLOB = pseudoRandomBytes(10 * MiB + 12345);
 const DIGEST = digestOf(BLOB);
 const DESCRIPTOR: Descriptor = { mediaType: "", digest: DIGEST, size: BLOB.byteLength };
 const SMALL_SEGMENTS = { connections: 4, maxSegmentBytes: 2 * MiB, retries: 2 };

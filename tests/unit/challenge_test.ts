@@ -4,6 +4,7 @@ import {
   MAX_HEADER_LENGTH,
   parseWwwAuthenticate,
 } from "../../lib/auth/challenge.ts";
+import { prng } from "../helpers/random.ts";
 
 /** Builds the expected value: params objects have no prototype. */
 function ch(scheme: string, params: Record<string, string> = {}): Challenge {
@@ -228,18 +229,6 @@ Deno.test("parseWwwAuthenticate: hostile input is linear and never throws", () =
   const many = "A,".repeat(MAX_HEADER_LENGTH / 2);
   assert.equal(parseWwwAuthenticate(many).length, MAX_HEADER_LENGTH / 2);
 });
-
-/** mulberry32: a tiny seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 Deno.test("parseWwwAuthenticate: seeded fuzz", () => {
   const rand = prng(0xc0ffee);

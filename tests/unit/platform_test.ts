@@ -9,6 +9,7 @@ import {
   selectPlatform,
 } from "../../lib/platform.ts";
 import { InvalidPlatformError } from "../../lib/errors.ts";
+import { prng } from "../helpers/random.ts";
 
 const p = (os: string, architecture: string, variant?: string): Platform =>
   variant === undefined ? { os, architecture } : { os, architecture, variant };
@@ -470,18 +471,6 @@ Deno.test("selectPlatform: table", async (t) => {
     await t.step(name, () => assert.deepEqual(selectPlatform(requested, candidates), want));
   }
 });
-
-/** mulberry32: a tiny seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 Deno.test("parsePlatform and selectPlatform: seeded fuzz", () => {
   const rand = prng(0xa4c);

@@ -10,6 +10,7 @@ import {
   registryApiHost,
 } from "../../lib/reference.ts";
 import { InvalidReferenceError, UsageError } from "../../lib/errors.ts";
+import { prng } from "../helpers/random.ts";
 
 const SHA = "sha256:" + "f".repeat(64);
 const SHA_B = "sha256:86e0e091d0da6bde2456dbb48306f3956bbeb2eae1b5b9a43045843f69fe4aaa";
@@ -509,18 +510,6 @@ Deno.test("isLoopbackRegistry", () => {
   assert.equal(isLoopbackRegistry(parseReference("128.0.0.1:5000/x").registry), false);
   assert.equal(isLoopbackRegistry(parseReference("x").registry), false);
 });
-
-/** mulberry32: a tiny seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 Deno.test("parseReference: seeded fuzz never throws anything else, and round-trips", () => {
   const rand = prng(0x1ee7);
