@@ -412,7 +412,11 @@ export async function main(args: string[]): Promise<number> {
     const platform = requestedPlatform(values.platform, env);
     renderer.line(
       `[+] Pulling ${reference} for platform ${formatPlatform(platform)}` +
-        (values.platform ? "" : " (host default)"),
+        (values.platform
+          ? ""
+          : env.get("DOCKER_DEFAULT_PLATFORM")
+          ? " (from DOCKER_DEFAULT_PLATFORM)"
+          : " (host default)"),
     );
     try {
       const result = await pull({
