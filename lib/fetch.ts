@@ -35,7 +35,9 @@ export interface FetchPolicy {
   connections: Semaphore;
   /** Number of permits in {@link connections}. */
   connectionCount: number;
-  /** Largest Range segment. Blobs at most this big stream over one connection. */
+  /** Blobs being fetched in segments right now (they share the budget fairly). */
+  segmentedBlobs: number;
+  /** Largest Range segment (blobs under 2 MiB always stream over one connection). */
   maxSegmentBytes: number;
   /** Retries per segment after a transient failure. */
   retries: number;
@@ -56,6 +58,7 @@ export function fetchPolicy(
   return {
     connections: new Semaphore(connectionCount),
     connectionCount,
+    segmentedBlobs: 0,
     maxSegmentBytes: options.maxSegmentBytes ?? 8 * 1024 * 1024,
     retries: options.retries ?? 3,
     stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
@@ -251,7 +254,7 @@ async function createEmpty(path: string): Promise<void> {
 
 /** Splits `size` bytes into segments for `connections` connections. */
 export function planSegments(size: number, policy: FetchPolicy): Segment[] {
-  if (size <= policy.maxSegmentBytes || size < 2 * MIN_SEGMENT_BYTES) {
+  if (policy.connectionCount === 1 || size < 2 * MIN_SEGMENT_BYTES) {
     return [{ start: 0, end: size, written: 0 }];
   }
   const segmentBytes = Math.min(
@@ -391,29 +394,63 @@ class BlobTransfer {
     await this.#withRetries(this.#segments[0], (s) => this.#fetchSegment(s, false));
   }
 
-  /** All segments, spread over the connection budget; the first failure stops the others. */
+  /**
+   * All segments, in order, by a pool of workers each fetching one segment
+   * at a time. Blobs share the connection budget fairly: a blob gets
+   * `connections ÷ blobs being segmented` workers, so one that starts later
+   * is not starved (the first blob's extra workers retire after their current
+   * segment) and one that is left alone grows into the freed connections.
+   * The first failure (after its retries) stops the others.
+   */
   async #runSegments(): Promise<void> {
+    const policy = this.#options.policy;
     const stop = new AbortController();
     const signal = this.#options.signal
       ? AbortSignal.any([this.#options.signal, stop.signal])
       : stop.signal;
-    const results = await Promise.allSettled(
-      this.#segments.map(async (segment) => {
+    const queue = this.#segments.filter((s) => s.start + s.written < s.end);
+    const fairShare = () =>
+      Math.max(1, Math.ceil(policy.connectionCount / Math.max(1, policy.segmentedBlobs)));
+    const workers: Promise<void>[] = [];
+    let running = 0;
+    const worker = async () => {
+      while (queue.length > 0 && !signal.aborted) {
+        const segment = queue.shift()!;
         try {
-          await this.#withRetries(segment, (s) => {
-            signal.throwIfAborted();
-            return this.#fetchSegment(s, true, signal);
-          }, signal);
+          await this.#withRetries(
+            segment,
+            (s) => this.#fetchSegment(s, true, signal),
+            signal,
+          );
         } catch (e) {
-          // Out of retries (or not retryable): the other segments stop too.
           stop.abort(e);
           throw e;
         }
-      }),
-    );
+        if (running > fairShare()) return;
+        grow();
+      }
+    };
+    const grow = () => {
+      while (running < fairShare() && queue.length > running && !signal.aborted) {
+        running++;
+        workers.push(worker().finally(() => running--));
+      }
+    };
+    policy.segmentedBlobs++;
+    try {
+      running++;
+      workers.push(worker().finally(() => running--));
+      grow();
+      // Workers may spawn more workers: wait until no new one appeared.
+      for (let settled = 0; settled < workers.length;) {
+        const batch = workers.slice(settled);
+        await Promise.allSettled(batch);
+        settled += batch.length;
+      }
+    } finally {
+      policy.segmentedBlobs--;
+    }
     if (stop.signal.aborted) throw stop.signal.reason;
-    const failed = results.find((r) => r.status === "rejected") as PromiseRejectedResult;
-    if (failed) throw failed.reason;
   }
 
   #withRetries(
@@ -441,7 +478,13 @@ class BlobTransfer {
    */
   #fetchSegment(segment: Segment, ranged: boolean, signal?: AbortSignal): Promise<void> {
     if (segment.start + segment.written === segment.end) return Promise.resolve();
-    return this.#options.policy.connections.run(async () => {
+    // Small blobs skip the budget: they are over in a round trip, and must not
+    // queue behind the segments of large ones.
+    const small = segment.end - segment.start < MIN_SEGMENT_BYTES;
+    const withPermit = small
+      ? (task: () => Promise<void>) => task()
+      : (task: () => Promise<void>) => this.#options.policy.connections.run(task);
+    return withPermit(async () => {
       for (;;) {
         const stall = new StallTimer(
           this.#options.policy.stallTimeoutMs,

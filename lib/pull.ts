@@ -227,7 +227,8 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       store,
       layers: new Semaphore(concurrency),
       policy: fetchPolicy({
-        connections: options.connections,
+        // "1" keeps the old script's meaning, sequential: one connection, one layer.
+        connections: options.connections ?? (concurrency === 1 ? 1 : undefined),
         maxSegmentBytes: options.maxSegmentBytes,
         retries: options.retries,
         stallTimeoutMs: options.stallTimeoutMs,

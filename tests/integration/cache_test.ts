@@ -150,8 +150,8 @@ Deno.test("cache: an interrupted download resumes in the next run", async () => 
       `${host}/test/img`,
       "--cache-dir",
       cache,
-      "--segment-size",
-      "64",
+      "--connections",
+      "1",
       "--retries",
       "0",
     ];

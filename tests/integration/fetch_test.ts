@@ -64,6 +64,9 @@ Deno.test("fetch: planSegments covers the blob exactly, within the size bounds",
       assert.ok(segments.slice(0, -1).every((s) => s.end - s.start >= MiB));
     }
   }
+  assert.equal(planSegments(3 * MiB, policy).length, 3, "medium blobs use several connections");
+  assert.equal(planSegments(2 * MiB - 1, policy).length, 1, "small blobs stream whole");
+  assert.equal(planSegments(512 * MiB, fetchPolicy({ connections: 1 })).length, 1);
   assert.equal(planSegments(25_000_000, policy).length, 16);
   assert.equal(planSegments(512 * MiB, policy).length, 64);
 });
