@@ -25,7 +25,7 @@ const READ_BUFFER_BYTES = 1024 * 1024;
 /** Emit a progress event at most this often per blob. */
 const PROGRESS_INTERVAL_MS = 200;
 /** Segments are never smaller than this: below it, a request's round trip costs more than it gains. */
-const MIN_SEGMENT_BYTES = 1024 * 1024;
+const MIN_SEGMENT_BYTES = 512 * 1024;
 /** How often resume information of a partial blob is saved. */
 const CHECKPOINT_MS = 1000;
 
@@ -37,7 +37,7 @@ export interface FetchPolicy {
   connectionCount: number;
   /** Blobs being fetched in segments right now (they share the budget fairly). */
   segmentedBlobs: number;
-  /** Largest Range segment (blobs under 2 MiB always stream over one connection). */
+  /** Largest Range segment (blobs under 1 MiB always stream over one connection). */
   maxSegmentBytes: number;
   /** Retries per segment after a transient failure. */
   retries: number;
