@@ -17,6 +17,10 @@ export interface Dockerd {
   log(): string;
   /** Stops dockerd, then containerd, and removes every file they wrote. */
   close(): Promise<void>;
+  /** `vfs` (portable, the tests' default) or `overlay2` (what Docker users run). */
+  storageDriver: string;
+  /** Process ids of containerd and dockerd (for peak-RSS readings). */
+  pids(): number[];
 }
 
 /**
@@ -57,7 +61,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
  * dockerd is given `--containerd` explicitly because, without it, dockerd 20.10 silently uses
  * a system containerd whenever /run/containerd/containerd.sock exists.
  */
-export async function startDockerd(timeoutMs = 30_000): Promise<Dockerd> {
+export async function startDockerd(
+  options: { timeoutMs?: number; storageDriver?: "vfs" | "overlay2" } = {},
+): Promise<Dockerd> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const storageDriver = options.storageDriver ?? "vfs";
   // Short prefix: unix socket paths (including libnetwork's under exec-root) max out at 108.
   const dir = await Deno.makeTempDir({ prefix: "imgpull-dk-" });
   const cli = await dockerCli();
@@ -102,7 +110,7 @@ export async function startDockerd(timeoutMs = 30_000): Promise<Dockerd> {
     ]);
     dockerd = new BackgroundProcess("dockerd", [
       `--containerd=${dir}/containerd.sock`,
-      "--storage-driver=vfs",
+      `--storage-driver=${storageDriver}`,
       "--iptables=false",
       "--ip-masq=false",
       "--bridge=none",
@@ -121,14 +129,18 @@ export async function startDockerd(timeoutMs = 30_000): Promise<Dockerd> {
       }
       if (dockerd.exitStatus) throw new Error(`dockerd exited (${dockerd.exitStatus.code})`);
       // containerd may not be listening yet: dockerd retries the connection on its own.
-      last = await docker(["version", "--format", "{{.Server.Version}}"]);
+      last = await docker(["info", "--format", "{{.Driver}}"]);
       if (last.code === 0) break;
       if (Date.now() > deadline) {
         throw new Error(`no answer within ${timeoutMs} ms: ${last.stderr.trim()}`);
       }
       await sleep(200);
     }
-    return { host, docker, log, close };
+    if (last.stdout.trim() !== storageDriver) {
+      throw new Error(`storage driver is ${last.stdout.trim()}, not ${storageDriver}`);
+    }
+    const pids = [containerd.child.pid, dockerd.child.pid];
+    return { host, docker, log, close, storageDriver, pids: () => pids };
   } catch (e) {
     const message = `startDockerd failed: ${(e as Error).message}\n${log()}`;
     await close().catch(() => {});
