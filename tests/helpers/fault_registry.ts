@@ -17,8 +17,14 @@ export interface FaultContext {
   range?: { start: number; end?: number };
 }
 
-/** Returns a response to override the normal one, or undefined to behave. */
-export type FaultHandler = (req: Request, ctx: FaultContext) => Response | undefined;
+/**
+ * Returns a response to override the normal one, or undefined to behave. A promise delays the
+ * answer (slow servers; a server that never answers until the test releases it).
+ */
+export type FaultHandler = (
+  req: Request,
+  ctx: FaultContext,
+) => Response | Promise<Response> | undefined;
 
 /** A request the fault registry saw. */
 export interface FaultRequest {
@@ -26,12 +32,18 @@ export interface FaultRequest {
   path: string;
   range: string | null;
   authorization: string | null;
+  /** Every request header, as received. */
+  headers: Headers;
+  /** `performance.now()` when the request arrived. */
+  time: number;
 }
 
 /** A running fault registry. */
 export interface FaultRegistry {
   host: string;
+  /** `http://127.0.0.1:PORT`, or `https://…` with {@link FaultRegistryOptions.tls}. */
   url: string;
+  port: number;
   requests: FaultRequest[];
   close(): Promise<void>;
 }
@@ -43,6 +55,13 @@ export interface FaultRegistryOptions {
   /** Manifests by `repo:reference` (tag or digest). */
   manifests?: Map<string, { bytes: Uint8Array; mediaType: string }>;
   fault?: FaultHandler;
+  /** Serve HTTPS with this certificate and key (PEM), e.g. the test PKI's server leaf. */
+  tls?: { cert: string; key: string };
+  /**
+   * Do not log errors of response bodies (a {@link cutAfter} body errors on purpose, which
+   * Deno.serve otherwise prints with a stack trace).
+   */
+  quiet?: boolean;
 }
 
 function parseRange(header: string | null): FaultContext["range"] {
@@ -105,13 +124,21 @@ export function stallAfter(prefix: Uint8Array, headers: HeadersInit = {}): Respo
 export function startFaultRegistry(options: FaultRegistryOptions): FaultRegistry {
   const requests: FaultRequest[] = [];
   const attempts = new Map<string, number>();
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+  const server = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    onListen: () => {},
+    ...(options.tls ?? {}),
+    ...(options.quiet ? { onError: () => new Response(null, { status: 500 }) } : {}),
+  }, (req) => {
     const path = new URL(req.url).pathname;
     requests.push({
       method: req.method,
       path,
       range: req.headers.get("range"),
       authorization: req.headers.get("authorization"),
+      headers: new Headers(req.headers),
+      time: performance.now(),
     });
     const attempt = (attempts.get(path) ?? 0) + 1;
     attempts.set(path, attempt);
@@ -138,7 +165,8 @@ export function startFaultRegistry(options: FaultRegistryOptions): FaultRegistry
   const port = server.addr.port;
   return {
     host: `127.0.0.1:${port}`,
-    url: `http://127.0.0.1:${port}`,
+    url: `${options.tls ? "https" : "http"}://127.0.0.1:${port}`,
+    port,
     requests,
     close: async () => {
       await server.shutdown();
