@@ -15,6 +15,7 @@ import {
 } from "./lib/errors.ts";
 import { cacheInfo, defaultCacheDir, importTar, pruneCache } from "./lib/cache.ts";
 import type { PullEvent } from "./lib/events.ts";
+import { redact, registerSecret } from "./lib/redact.ts";
 import { formatPlatform } from "./lib/platform.ts";
 import { listImagePlatforms, pull, requestedPlatform, shortDigest } from "./lib/pull.ts";
 import { VERSION } from "./lib/version.ts";
@@ -90,8 +91,14 @@ const OPTIONS = {
 
 const encoder = new TextEncoder();
 
+/** Every byte printed goes through here, secrets redacted (see lib/redact.ts). */
 function writeErr(text: string): void {
-  Deno.stderr.writeSync(encoder.encode(text));
+  Deno.stderr.writeSync(encoder.encode(redact(text)));
+}
+
+/** Results (the archive path, listings) on stdout, secrets redacted. */
+function writeOut(text: string): void {
+  Deno.stdout.writeSync(encoder.encode(`${redact(text)}\n`));
 }
 
 /** Reads variables without failing when --allow-env does not cover them. */
@@ -321,11 +328,11 @@ export async function main(args: string[]): Promise<number> {
     const { values, positionals } = parsed;
     verbose = values.verbose ?? false;
     if (values.help) {
-      console.log(HELP);
+      writeOut(HELP);
       return ExitCode.ok;
     }
     if (values.version) {
-      console.log(`imgpull ${VERSION}`);
+      writeOut(`imgpull ${VERSION}`);
       return ExitCode.ok;
     }
     const renderer = new ProgressRenderer({ quiet: values.quiet ?? false, verbose });
@@ -342,9 +349,9 @@ export async function main(args: string[]): Promise<number> {
     }
     if (values["cache-info"]) {
       const info = await cacheInfo(cacheDir!);
-      console.log(`Cache: ${info.root}`);
-      console.log(`Blobs: ${info.blobs} (${humanBytes(info.blobBytes)})`);
-      console.log(`Partial downloads: ${info.partials} (${humanBytes(info.partialBytes)})`);
+      writeOut(`Cache: ${info.root}`);
+      writeOut(`Blobs: ${info.blobs} (${humanBytes(info.blobBytes)})`);
+      writeOut(`Partial downloads: ${info.partials} (${humanBytes(info.partialBytes)})`);
       return ExitCode.ok;
     }
     if (values["cache-prune"]) {
@@ -383,6 +390,7 @@ export async function main(args: string[]): Promise<number> {
       );
     }
     const password = values["password-stdin"] ? await readPasswordFromStdin() : values.password;
+    registerSecret(password);
     const stallSeconds = parseCount(values["stall-timeout"], "--stall-timeout", 1);
     const connectOptions = {
       retries: parseCount(values.retries, "--retries", 0),
@@ -398,7 +406,7 @@ export async function main(args: string[]): Promise<number> {
     if (values["list-platforms"]) {
       const entries = await listImagePlatforms(reference, connectOptions);
       for (const entry of entries) {
-        console.log(`Platform: ${entry.platform}, digest: ${entry.digest}`);
+        writeOut(`Platform: ${entry.platform}, digest: ${entry.digest}`);
       }
       return ExitCode.ok;
     }
@@ -436,7 +444,7 @@ export async function main(args: string[]): Promise<number> {
           `${humanBytes(result.bytes)}) to ${result.output}`,
       );
       renderer.line(`[+] Image ID: ${result.imageId}`);
-      console.log(result.output);
+      writeOut(result.output);
       return ExitCode.ok;
     } finally {
       renderer.finish();

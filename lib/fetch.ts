@@ -546,10 +546,12 @@ class BlobTransfer {
       );
     }
     await this.#consume(response, segment, stall);
+    // The body ended cleanly (a dropped connection errors the stream instead):
+    // the server sent a complete message of the wrong size.
     if (Number.isFinite(segment.end) && segment.start + segment.written !== segment.end) {
-      throw new NetworkError(
-        `blob ${digest}: connection closed after ${segment.written} of ` +
-          `${segment.end - segment.start} bytes`,
+      throw new IntegrityError(
+        `blob ${digest}: registry sent ${segment.start + segment.written - from} bytes ` +
+          `where ${segment.end - from} were expected`,
       );
     }
     return false;

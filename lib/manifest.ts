@@ -172,9 +172,12 @@ export function parseManifest(bytes: Uint8Array, contentType?: string | null): M
   if (!isObject(obj)) fail("not a JSON object");
   const headerType = contentType?.split(";")[0].trim().toLowerCase();
   const bodyType = optionalString(obj, "mediaType");
-  let mediaType = bodyType || headerType || "";
-  // Registries often label schema1 and old OCI manifests with a generic type.
-  if (!Object.values(MediaType).includes(mediaType as never)) mediaType = inferMediaType(obj);
+  const known = (type: string | undefined) =>
+    type !== undefined && Object.values(MediaType).includes(type as never);
+  // A type the document names itself is binding; without one, the response's
+  // type, and failing that (registries label schema1 and old OCI manifests
+  // with generic types) the document's shape decides.
+  const mediaType = bodyType ? bodyType : known(headerType) ? headerType! : inferMediaType(obj);
 
   if (isIndexType(mediaType)) {
     return {
@@ -273,7 +276,12 @@ export function schema1PayloadBytes(bytes: Uint8Array): Uint8Array {
   ) {
     fail("schema1 signature header lacks formatLength/formatTail");
   }
-  const tail = decodeBase64Url(formatTail);
+  let tail: Uint8Array;
+  try {
+    tail = decodeBase64Url(formatTail);
+  } catch {
+    fail("schema1 signature formatTail is not base64");
+  }
   const payload = new Uint8Array(formatLength + tail.byteLength);
   payload.set(bytes.subarray(0, formatLength));
   payload.set(tail, formatLength);

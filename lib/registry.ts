@@ -14,6 +14,11 @@ import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
 import { StallTimer, withRetries } from "./retry.ts";
 import { errorForResponse, readCapped, type TlsOptions, Transport } from "./transport.ts";
 
+/** A failure to exchange HTTP at all (no response): connection refused, TLS mismatch, ... */
+function isTransportFailure(e: unknown): boolean {
+  return e instanceof NetworkError && e.status === undefined;
+}
+
 /** How to reach a registry. */
 export interface RegistryClientOptions {
   /** As in a reference: "docker.io" or "host[:port]". */
@@ -83,14 +88,19 @@ export class RegistryClient {
     try {
       await this.retrying("ping", (signal) => this.#pingBase(`https://${host}`, signal));
     } catch (httpsError) {
-      if (!(httpsError instanceof NetworkError) || !isLoopbackRegistry(this.options.registry)) {
+      if (!isTransportFailure(httpsError) || !isLoopbackRegistry(this.options.registry)) {
         throw httpsError;
       }
       this.options.log?.(`HTTPS to ${host} failed, trying plain HTTP (loopback registry)`);
       try {
-        await this.#pingBase(`http://${host}`);
-      } catch {
-        throw httpsError;
+        await this.retrying("ping", (signal) => this.#pingBase(`http://${host}`, signal));
+      } catch (httpError) {
+        // The registry did answer over HTTP (auth, 5xx, a bad token server...):
+        // that is the real error. If HTTP could not talk to it either (or it is
+        // an HTTPS server refusing plain HTTP), the HTTPS failure says more.
+        const spokeHttp = !isTransportFailure(httpError) &&
+          !(httpError instanceof NetworkError && httpError.status === 400);
+        throw spokeHttp ? httpError : httpsError;
       }
     }
   }

@@ -284,7 +284,13 @@ async function downloadConfig(
 ): Promise<{ config: ImageConfig; configBytes: Uint8Array<ArrayBuffer> }> {
   const descriptor = manifest.config;
   const response = await client.openBlob(descriptor.digest, { signal });
-  const configBytes = await readCapped(response, MAX_CONFIG_BYTES, "image config");
+  // Never read past the size the manifest promised.
+  const configBytes = await readCapped(
+    response,
+    descriptor.size,
+    "image config",
+    () => new IntegrityError(`config ${descriptor.digest}: more than ${descriptor.size} bytes`),
+  );
   if (configBytes.byteLength !== descriptor.size) {
     throw new IntegrityError(
       `config ${descriptor.digest}: expected ${descriptor.size} bytes, received ${configBytes.byteLength}`,

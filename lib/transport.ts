@@ -162,11 +162,13 @@ export async function readCapped(
   response: Response,
   max: number,
   what: string,
+  tooLarge: () => ImgpullError = () =>
+    new InvalidContentError(`${what} is larger than the ${max} bytes allowed`),
 ): Promise<Uint8Array<ArrayBuffer>> {
   const declared = Number(response.headers.get("content-length") ?? NaN);
   if (declared > max) {
     await response.body?.cancel();
-    throw new InvalidContentError(`${what} is ${declared} bytes, more than the ${max} allowed`);
+    throw tooLarge();
   }
   if (!response.body) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
@@ -179,7 +181,7 @@ export async function readCapped(
       total += value.byteLength;
       if (total > max) {
         await reader.cancel();
-        throw new InvalidContentError(`${what} is larger than the ${max} bytes allowed`);
+        throw tooLarge();
       }
       chunks.push(value);
     }

@@ -12,6 +12,7 @@ import { encodeBase64Text } from "../encoding.ts";
 import { errorForResponse, readCapped, type Transport } from "../transport.ts";
 import { type Challenge, parseWwwAuthenticate } from "./challenge.ts";
 import type { Credential } from "./credentials.ts";
+import { registerSecret } from "../redact.ts";
 
 const MAX_TOKEN_BODY = 1024 * 1024;
 /** Default token lifetime when the server names none (distribution spec). */
@@ -86,7 +87,14 @@ export class AuthSession {
   }
 
   #getCredential(): Promise<Credential | undefined> {
-    this.#credential ??= this.#options.credential();
+    this.#credential ??= this.#options.credential().then((credential) => {
+      registerSecret(credential?.password);
+      registerSecret(credential?.identityToken);
+      if (credential?.username && credential.password !== undefined) {
+        registerSecret(basicAuthorization(credential.username, credential.password).slice(6));
+      }
+      return credential;
+    });
     return this.#credential;
   }
 
@@ -181,6 +189,7 @@ export class AuthSession {
       : typeof parsed?.access_token === "string" && parsed.access_token
       ? parsed.access_token
       : undefined;
+    registerSecret(token);
     if (!token || /[\s,"]/.test(token)) {
       throw new InvalidContentError(`token server ${realmUrl.origin} sent no usable token`);
     }
