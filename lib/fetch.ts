@@ -18,7 +18,13 @@ import { isLoopbackRegistry } from "./reference.ts";
 import { StallTimer, withRetries } from "./retry.ts";
 import { Semaphore } from "./semaphore.ts";
 import { type BlobStore, localIoError, type PartialState } from "./store.ts";
-import { errorForResponse, type TlsOptions, toNetworkError, Transport } from "./transport.ts";
+import {
+  blobRequestHeaders,
+  errorForResponse,
+  type TlsOptions,
+  toNetworkError,
+  Transport,
+} from "./transport.ts";
 
 /** Size of the buffer a body is read into (a BYOB reader fills up to half of it). */
 const READ_BUFFER_BYTES = 1024 * 1024;
@@ -28,6 +34,9 @@ const PROGRESS_INTERVAL_MS = 200;
 const MIN_SEGMENT_BYTES = 512 * 1024;
 /** How often resume information of a partial blob is saved. */
 const CHECKPOINT_MS = 1000;
+
+/** Connections streaming blob data at once, unless told otherwise (see docs/benchmarks.md). */
+export const DEFAULT_CONNECTIONS = 16;
 
 /** How blobs are fetched; shared by all downloads of one pull. */
 export interface FetchPolicy {
@@ -54,7 +63,7 @@ export function fetchPolicy(
     stallTimeoutMs?: number;
   } = {},
 ): FetchPolicy {
-  const connectionCount = options.connections ?? 16;
+  const connectionCount = options.connections ?? DEFAULT_CONNECTIONS;
   return {
     connections: new Semaphore(connectionCount),
     connectionCount,
@@ -116,8 +125,7 @@ export class UrlBlobSource implements BlobSource {
     digest: string,
     init: { signal?: AbortSignal; range?: { start: number; end?: number } } = {},
   ): Promise<Response> {
-    const headers: Record<string, string> = { "accept-encoding": "identity" };
-    if (init.range) headers.range = `bytes=${init.range.start}-${init.range.end ?? ""}`;
+    const headers = blobRequestHeaders(init.range);
     const response = await this.#transport.fetch(this.url, { headers, signal: init.signal });
     if (!response.ok) {
       throw await errorForResponse(response, `foreign layer ${digest} at ${this.url}`);
@@ -412,9 +420,15 @@ class BlobTransfer {
     const fairShare = () =>
       Math.max(1, Math.ceil(policy.connectionCount / Math.max(1, policy.segmentedBlobs)));
     const workers: Promise<void>[] = [];
+    // Counted at each decision (not in a `finally`), so that two workers
+    // deciding in the same tick cannot both retire and strand the queue.
     let running = 0;
     const worker = async () => {
-      while (queue.length > 0 && !signal.aborted) {
+      for (;;) {
+        if (signal.aborted || queue.length === 0) {
+          running--;
+          return;
+        }
         const segment = queue.shift()!;
         try {
           await this.#withRetries(
@@ -423,34 +437,41 @@ class BlobTransfer {
             signal,
           );
         } catch (e) {
+          running--;
           stop.abort(e);
           throw e;
         }
-        if (running > fairShare()) return;
+        if (running > fairShare()) {
+          running--;
+          return;
+        }
         grow();
       }
     };
     const grow = () => {
       while (running < fairShare() && queue.length > running && !signal.aborted) {
         running++;
-        workers.push(worker().finally(() => running--));
+        workers.push(worker());
       }
     };
     policy.segmentedBlobs++;
     try {
-      running++;
-      workers.push(worker().finally(() => running--));
-      grow();
-      // Workers may spawn more workers: wait until no new one appeared.
-      for (let settled = 0; settled < workers.length;) {
-        const batch = workers.slice(settled);
-        await Promise.allSettled(batch);
-        settled += batch.length;
+      // Until every segment is fetched (or one failed); workers may retire or spawn others.
+      while (queue.length > 0 && !signal.aborted) {
+        running++;
+        workers.push(worker());
+        grow();
+        for (let settled = 0; settled < workers.length;) {
+          const batch = workers.slice(settled);
+          await Promise.allSettled(batch);
+          settled += batch.length;
+        }
       }
     } finally {
       policy.segmentedBlobs--;
     }
-    if (stop.signal.aborted) throw stop.signal.reason;
+    // A failed segment, or the caller's abort: never fall through to the size check.
+    signal.throwIfAborted();
   }
 
   #withRetries(

@@ -17,6 +17,7 @@ import {
 } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import {
+  DEFAULT_CONNECTIONS,
   downloadBlob,
   type DownloadedBlob,
   type DownloadOptions,
@@ -219,8 +220,12 @@ export async function pull(options: PullOptions): Promise<PullResult> {
     ? await BlobStore.open(options.cacheDir)
     : await BlobStore.createIn(outputDir);
   let client: RegistryClient | undefined;
+  let prewarming: Promise<void> | undefined;
   try {
     client = await connect(ref, { ...options, signal });
+    const connections = options.connections ?? (concurrency === 1 ? 1 : DEFAULT_CONNECTIONS);
+    // Handshakes now, in the shadow of the manifest round trips, not before each first segment.
+    prewarming = client.prewarm(Math.min(connections, concurrency * 2) - 1);
     const resolved = await resolveImage(client, ref, platform, onEvent, store);
     const run: LayerRun = {
       client,
@@ -228,7 +233,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       layers: new Semaphore(concurrency),
       policy: fetchPolicy({
         // "1" keeps the old script's meaning, sequential: one connection, one layer.
-        connections: options.connections ?? (concurrency === 1 ? 1 : undefined),
+        connections,
         maxSegmentBytes: options.maxSegmentBytes,
         retries: options.retries,
         stallTimeoutMs: options.stallTimeoutMs,
@@ -250,6 +255,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       bytes: image.layers.reduce((sum, l) => sum + l.size, 0),
     };
   } finally {
+    await prewarming;
     client?.close();
     if (!store.persistent) await store.remove();
   }

@@ -199,6 +199,17 @@ export async function readCapped(
   return out;
 }
 
+/** Headers of a blob GET: the stored bytes (no transparent decoding), optionally a range. */
+export function blobRequestHeaders(
+  range?: { start: number; end?: number },
+): Record<string, string> {
+  // Without identity, fetch may decode a compressed body and the digest would be checked
+  // against other bytes than the registry stores.
+  const headers: Record<string, string> = { "accept-encoding": "identity" };
+  if (range) headers.range = `bytes=${range.start}-${range.end ?? ""}`;
+  return headers;
+}
+
 /** A registry error body's first error, if it has one. */
 interface RegistryErrorBody {
   code?: string;

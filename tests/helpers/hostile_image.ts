@@ -6,6 +6,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { pseudoRandomBytes } from "./random.ts";
 
 /** Media types, spelled out here so that the checks do not depend on lib/. */
 export const MT = {
@@ -36,17 +37,8 @@ export function sha256(bytes: Uint8Array): string {
 }
 
 /** Deterministic bytes that do not compress (xorshift32). */
-export function pseudoRandom(size: number, seed: number): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+export const pseudoRandom: (size: number, seed: number) => Uint8Array<ArrayBuffer> =
+  pseudoRandomBytes;
 
 /** A blob with its descriptor fields. */
 export interface Blob {

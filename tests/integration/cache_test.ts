@@ -6,8 +6,6 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { digestOf } from "../../lib/digest.ts";
-import { MediaType } from "../../lib/media_types.ts";
 import { imgpull } from "../helpers/cli.ts";
 import {
   cutAfter,
@@ -15,47 +13,10 @@ import {
   type FaultRequest,
   startFaultRegistry,
 } from "../helpers/fault_registry.ts";
-import { pseudoRandomBytes } from "../helpers/random.ts";
+import { buildImage, MiB } from "../helpers/hostile_image.ts";
 
-const MiB = 1024 * 1024;
-const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
-
-/** An image whose layers are opaque bytes: imgpull verifies digests, not tar content. */
-function testImage() {
-  const big = pseudoRandomBytes(12 * MiB + 777, 7);
-  const small = pseudoRandomBytes(5000, 9);
-  const layers = [big, small].map((bytes) => ({
-    mediaType: MediaType.dockerLayerGzip,
-    digest: digestOf(bytes),
-    size: bytes.byteLength,
-  }));
-  const config = enc({
-    architecture: "amd64",
-    os: "linux",
-    rootfs: { type: "layers", diff_ids: layers.map((l) => l.digest) },
-  });
-  const manifest = enc({
-    schemaVersion: 2,
-    mediaType: MediaType.dockerManifest,
-    config: {
-      mediaType: MediaType.dockerConfig,
-      digest: digestOf(config),
-      size: config.byteLength,
-    },
-    layers,
-  });
-  return {
-    bigDigest: layers[0].digest,
-    blobs: new Map([[layers[0].digest, big], [layers[1].digest, small], [
-      digestOf(config),
-      config,
-    ]]),
-    manifests: new Map([["test/img:latest", {
-      bytes: manifest,
-      mediaType: MediaType.dockerManifest,
-    }]]),
-  };
-}
+/** One 12 MiB layer (segmented) and one small one, opaque bytes: digests are what is checked. */
+const testImage = () => buildImage({ layers: [12 * MiB + 777, 5000], seed: 7 });
 
 async function withRegistry(
   fault: FaultHandler | undefined,

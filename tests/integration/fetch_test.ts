@@ -100,6 +100,47 @@ Deno.test("fetch: segments go straight to their offset in the output, and nowher
   });
 });
 
+Deno.test("fetch: many blobs segmented at once share the budget and all complete", async () => {
+  const blobs = Array.from({ length: 8 }, (_, i) => pseudoRandomBytes(3 * MiB + i * 1000, i + 2));
+  const registry = startFaultRegistry({
+    blobs: new Map(blobs.map((b) => [digestOf(b), b])),
+    // Uneven answers shuffle when segments finish, and so when workers retire or grow.
+    fault: (_req, ctx) => {
+      if (!ctx.bytes) return undefined;
+      const delay = Math.floor(Math.random() * 15);
+      const response = serveBytes(ctx.bytes, ctx.range);
+      return delay === 0
+        ? response
+        : new Promise<Response>((r) => setTimeout(() => r(response), delay));
+    },
+  });
+  const dir = await Deno.makeTempDir();
+  const store = await BlobStore.createIn(dir);
+  const client = new RegistryClient({ registry: registry.host, repository: "test/many" });
+  try {
+    await client.ping();
+    for (let round = 0; round < 3; round++) {
+      const policy = fetchPolicy({ connections: 6, retries: 0 });
+      const results = await Promise.all(
+        blobs.map((b) =>
+          downloadBlob(client, { mediaType: "", digest: digestOf(b), size: b.byteLength }, store, {
+            policy,
+          })
+        ),
+      );
+      for (const [i, r] of results.entries()) {
+        assert.deepEqual(await Deno.readFile(r.path!), blobs[i]);
+        await Deno.remove(r.path!);
+      }
+      assert.equal(policy.segmentedBlobs, 0);
+    }
+  } finally {
+    client.close();
+    await registry.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("fetch: a server that ignores Range falls back to one connection", async () => {
   await withFault(
     (_req, ctx) => (ctx.bytes && ctx.range ? serveBytes(ctx.bytes) : undefined),

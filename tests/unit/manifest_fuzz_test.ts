@@ -20,18 +20,7 @@ import {
   schema1PayloadBytes,
 } from "../../lib/manifest.ts";
 import { MediaType } from "../../lib/media_types.ts";
-
-/** mulberry32: a tiny seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from "../helpers/random.ts";
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
