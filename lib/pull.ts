@@ -220,12 +220,9 @@ export async function pull(options: PullOptions): Promise<PullResult> {
     ? await BlobStore.open(options.cacheDir)
     : await BlobStore.createIn(outputDir);
   let client: RegistryClient | undefined;
-  let prewarming: Promise<void> | undefined;
   try {
     client = await connect(ref, { ...options, signal });
     const connections = options.connections ?? (concurrency === 1 ? 1 : DEFAULT_CONNECTIONS);
-    // Handshakes now, in the shadow of the manifest round trips, not before each first segment.
-    prewarming = client.prewarm(Math.min(connections, concurrency * 2) - 1);
     const resolved = await resolveImage(client, ref, platform, onEvent, store);
     const run: LayerRun = {
       client,
@@ -255,7 +252,6 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       bytes: image.layers.reduce((sum, l) => sum + l.size, 0),
     };
   } finally {
-    await prewarming;
     client?.close();
     if (!store.persistent) await store.remove();
   }

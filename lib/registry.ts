@@ -173,29 +173,6 @@ export class RegistryClient {
     }
   }
 
-  /**
-   * Opens `count` connections ahead of the blob downloads, while manifests
-   * and the config are still being fetched: a new connection costs TCP and
-   * TLS handshakes (two round trips) that would otherwise delay every first
-   * segment. Each sends an authorised `GET /v2/`; the idle connections stay
-   * in the pool for the downloads. Failures are ignored: this only saves time.
-   */
-  prewarm(count: number): Promise<void> {
-    const one = async () => {
-      try {
-        const authorization = await this.#session.authorization();
-        const response = await this.#transport.fetch(`${this.baseUrl}/v2/`, {
-          headers: authorization ? { authorization } : {},
-          signal: this.options.signal,
-        });
-        await response.body?.cancel();
-      } catch {
-        // Only an optimisation.
-      }
-    };
-    return Promise.all(Array.from({ length: count }, one)).then(() => {});
-  }
-
   /** Fetches a manifest by tag or digest, capped at 4 MiB. */
   getManifest(reference: string): Promise<FetchedManifest> {
     const accept = (this.options.manifestAccept ?? MANIFEST_ACCEPT).join(", ");
