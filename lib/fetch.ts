@@ -11,7 +11,7 @@
  * @module
  */
 import { DigestHasher, parseDigest } from "./digest.ts";
-import { ImgpullError, IntegrityError, NetworkError, NotFoundError } from "./errors.ts";
+import { ImgpullError, IntegrityError, NotFoundError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import { isLoopbackRegistry } from "./reference.ts";
