@@ -30,6 +30,8 @@ export interface RegistryOptions {
   token?: { realm: string; service: string; issuer: string };
   /** Base URL (scheme://host:port) that blob GETs are redirected to (307), e.g. a BlobCdn. */
   redirectBlobsTo?: string;
+  /** TLS modes: require a client certificate signed by the test CA (mutual TLS). */
+  requireClientCert?: boolean;
 }
 
 /** A running Distribution registry. */
@@ -72,7 +74,11 @@ function registryConfig(
     headers: { "X-Content-Type-Options": ["nosniff"] },
   };
   if (opts.mode !== "http") {
-    http.tls = { certificate: opts.pki!.serverCertPath, key: opts.pki!.serverKeyPath };
+    http.tls = {
+      certificate: opts.pki!.serverCertPath,
+      key: opts.pki!.serverKeyPath,
+      ...(opts.requireClientCert ? { clientcas: [opts.pki!.caCertPath] } : {}),
+    };
   }
   const config: Record<string, unknown> = {
     version: "0.1",
@@ -138,7 +144,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       const proc = new BackgroundProcess("docker-registry", ["serve", configPath]);
       const scheme = opts.mode === "http" ? "http" : "https";
       const url = `${scheme}://127.0.0.1:${port}`;
-      const error = await waitForRegistry(proc, port, url, opts.pki);
+      const error = await waitForRegistry(proc, port, url, opts.pki, opts.requireClientCert);
       if (!error) {
         return {
           mode: opts.mode,
@@ -177,9 +183,20 @@ async function waitForRegistry(
   port: number,
   url: string,
   pki: TestPki | undefined,
+  clientCert = false,
   timeoutMs = 15_000,
 ): Promise<string | undefined> {
-  const client = pki ? Deno.createHttpClient({ caCerts: [pki.caCertPem] }) : undefined;
+  const client = pki
+    ? Deno.createHttpClient({
+      caCerts: [pki.caCertPem],
+      ...(clientCert
+        ? {
+          cert: await Deno.readTextFile(pki.clientCertPath),
+          key: await Deno.readTextFile(pki.clientKeyPath),
+        }
+        : {}),
+    })
+    : undefined;
   const deadline = Date.now() + timeoutMs;
   let lastError = "";
   try {

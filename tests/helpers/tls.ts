@@ -23,6 +23,9 @@ export interface TestPki {
   tokenCertPath: string;
   tokenKeyPem: string;
   tokenCertPem: string;
+  /** A client certificate (clientAuth) signed by the CA, for mutual TLS. */
+  clientCertPath: string;
+  clientKeyPath: string;
 }
 
 // Our own config files, so the host's openssl.cnf defaults (v3_ca etc.) cannot add or clash
@@ -62,9 +65,14 @@ subjectAltName = IP:127.0.0.1, DNS:localhost
 const TOKEN_EXTENSIONS = `keyUsage = critical, digitalSignature
 `;
 
+const CLIENT_EXTENSIONS = `keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+`;
+
 /**
  * Generates a fresh PKI in `dir` (created if missing): CA, server leaf for 127.0.0.1/localhost,
- * and an RSA 2048 token-signing certificate, all RSA 2048 and valid for ten years.
+ * an RSA 2048 token-signing certificate and a client certificate for mutual TLS, all RSA 2048
+ * and valid for ten years.
  */
 export async function generateTestPki(dir: string): Promise<TestPki> {
   await Deno.mkdir(dir, { recursive: true });
@@ -75,6 +83,7 @@ export async function generateTestPki(dir: string): Promise<TestPki> {
     p("token.cnf"),
     leafConfig("imgpull test token signer", TOKEN_EXTENSIONS),
   );
+  await Deno.writeTextFile(p("client.cnf"), leafConfig("imgpull test client", CLIENT_EXTENSIONS));
 
   await runOk("openssl", [
     "req",
@@ -93,7 +102,7 @@ export async function generateTestPki(dir: string): Promise<TestPki> {
     p("ca.crt"),
   ]);
   // The two leaves are independent: make them in parallel (RSA key generation dominates).
-  await Promise.all([signLeaf(dir, "server"), signLeaf(dir, "token")]);
+  await Promise.all([signLeaf(dir, "server"), signLeaf(dir, "token"), signLeaf(dir, "client")]);
 
   const read = (name: string) => Deno.readTextFile(p(name));
   return {
@@ -109,6 +118,8 @@ export async function generateTestPki(dir: string): Promise<TestPki> {
     tokenCertPath: p("token.crt"),
     tokenKeyPem: await read("token.key"),
     tokenCertPem: await read("token.crt"),
+    clientCertPath: p("client.crt"),
+    clientKeyPath: p("client.key"),
   };
 }
 
