@@ -34,6 +34,7 @@ import {
   type TestImage,
 } from "./hostile_image.ts";
 import {
+  describeBad,
   mountTmpfs,
   pool,
   type Prepared,
@@ -42,7 +43,7 @@ import {
   type RunResult,
   runScenario,
   type Scenario,
-  type Services,
+  Services,
   unmount,
 } from "./hostile_runner.ts";
 import { freePort } from "./ports.ts";
@@ -2305,4 +2306,22 @@ export async function runClass(
 /** The title of a class. */
 export function classTitle(cls: string): string {
   return CLASSES.find((c) => c.id === cls)?.title ?? cls;
+}
+
+/**
+ * Registers one Deno test per fault class: every scenario of the class must end as expected
+ * (a verified archive or a clean error), with the offending ones listed on failure.
+ */
+export function testClasses(prefix: string, classes: readonly string[]): void {
+  for (const cls of classes) {
+    Deno.test(`${prefix}: ${classTitle(cls)}`, async () => {
+      const services = new Services();
+      try {
+        const bad = describeBad(await runClass(cls, services));
+        if (bad !== "") throw new Error(`\n${bad}`);
+      } finally {
+        await services.close();
+      }
+    });
+  }
 }

@@ -6,9 +6,7 @@
  * The scenarios live in tests/helpers/hostile_scenarios.ts (shared with
  * scripts/reliability.ts).
  */
-import assert from "node:assert/strict";
-import { describeBad, Services } from "../helpers/hostile_runner.ts";
-import { classTitle, runClass } from "../helpers/hostile_scenarios.ts";
+import { testClasses } from "../helpers/hostile_scenarios.ts";
 
 const CLASSES = [
   "transient-503",
@@ -33,15 +31,4 @@ const CLASSES = [
   "huge-bodies",
 ];
 
-for (const cls of CLASSES) {
-  Deno.test(`hostile: ${classTitle(cls)}`, async () => {
-    const services = new Services();
-    try {
-      const results = await runClass(cls, services);
-      const bad = describeBad(results);
-      assert.ok(bad === "", `\n${bad}`);
-    } finally {
-      await services.close();
-    }
-  });
-}
+testClasses("hostile", CLASSES);

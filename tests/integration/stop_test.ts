@@ -5,19 +5,6 @@
  * two before any blob is requested. The disk cases mount small tmpfs file systems, so this file
  * needs root (as the test machines run).
  */
-import assert from "node:assert/strict";
-import { describeBad, Services } from "../helpers/hostile_runner.ts";
-import { classTitle, runClass } from "../helpers/hostile_scenarios.ts";
+import { testClasses } from "../helpers/hostile_scenarios.ts";
 
-for (const cls of ["interrupt", "local-disk"]) {
-  Deno.test(`stop: ${classTitle(cls)}`, async () => {
-    const services = new Services();
-    try {
-      const results = await runClass(cls, services);
-      const bad = describeBad(results);
-      assert.ok(bad === "", `\n${bad}`);
-    } finally {
-      await services.close();
-    }
-  });
-}
+testClasses("stop", ["interrupt", "local-disk"]);
