@@ -8,7 +8,6 @@
  */
 import { digestOf, parseDigest } from "./digest.ts";
 import {
-  ImgpullError,
   IntegrityError,
   InvalidContentError,
   PlatformMismatchError,
@@ -336,9 +335,4 @@ export function parseImageConfig(bytes: Uint8Array, layerCount: number): ImageCo
     ...(str(obj.variant) ? { variant: str(obj.variant) } : {}),
   });
   return { ...platform, diffIds } as ImageConfig;
-}
-
-/** True when the error means "try another way" rather than "stop". */
-export function isNotFound(e: unknown): boolean {
-  return e instanceof ImgpullError && e.exitCode === 4;
 }
