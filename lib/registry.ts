@@ -60,6 +60,7 @@ export class RegistryClient {
   readonly #transport: Transport;
   readonly #session: AuthSession;
   #base?: string;
+  #answeredHttp = false;
 
   constructor(options: RegistryClientOptions) {
     this.options = options;
@@ -70,6 +71,8 @@ export class RegistryClient {
       registry: options.registry,
       credential: options.credential ?? (() => Promise.resolve(undefined)),
       log: options.log,
+      signal: options.signal,
+      stallTimeoutMs: options.stallTimeoutMs,
     });
   }
 
@@ -101,12 +104,10 @@ export class RegistryClient {
       try {
         await this.retrying("ping", (signal) => this.#pingBase(`http://${host}`, signal));
       } catch (httpError) {
-        // The registry did answer over HTTP (auth, 5xx, a bad token server...):
-        // that is the real error. If HTTP could not talk to it either (or it is
-        // an HTTPS server refusing plain HTTP), the HTTPS failure says more.
-        const spokeHttp = !isTransportFailure(httpError) &&
-          !(httpError instanceof NetworkError && httpError.status === 400);
-        throw spokeHttp ? httpError : httpsError;
+        // The registry did answer over HTTP, so what went wrong after that (auth,
+        // 5xx, a broken token server...) is the real error. If it never spoke
+        // plain HTTP, the HTTPS failure says more.
+        throw this.#answeredHttp ? httpError : httpsError;
       }
     }
   }
@@ -138,6 +139,8 @@ export class RegistryClient {
     const response = await this.#transport.fetch(`${base}/v2/`, {
       signal: signal ?? this.options.signal,
     });
+    // A registry that answers plain HTTP (other than "this is an HTTPS port") speaks it.
+    if (response.status !== 400) this.#answeredHttp ||= base.startsWith("http:");
     if (response.status === 401) {
       this.#base = base;
       await this.#session.challenged(response, undefined);

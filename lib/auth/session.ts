@@ -13,6 +13,7 @@ import { errorForResponse, readCapped, type Transport } from "../transport.ts";
 import { type Challenge, parseWwwAuthenticate } from "./challenge.ts";
 import type { Credential } from "./credentials.ts";
 import { registerSecret } from "../redact.ts";
+import { StallTimer } from "../retry.ts";
 
 const MAX_TOKEN_BODY = 1024 * 1024;
 /** Default token lifetime when the server names none (distribution spec). */
@@ -31,6 +32,10 @@ export interface AuthSessionOptions {
   credential: () => Promise<Credential | undefined>;
   /** Debug log sink; never receives secrets. */
   log?: (message: string) => void;
+  /** Aborts token requests (SIGINT). */
+  signal?: AbortSignal;
+  /** A token request that receives nothing for this long fails (default 30 s). */
+  stallTimeoutMs?: number;
 }
 
 /** Holds the current `Authorization` value for one registry repository. */
@@ -118,9 +123,30 @@ export class AuthSession {
     this.#expiresAt = Date.now() + lifetimeMs;
   }
 
+  /** Asks the realm for a token; a token server that stops answering is a (retryable) error. */
   async #fetchToken(
     challenge: Challenge,
     credential: Credential | undefined,
+  ): Promise<{ token: string; lifetimeMs: number }> {
+    const stall = new StallTimer(this.#options.stallTimeoutMs ?? 30_000, "token request");
+    const outer = this.#options.signal;
+    try {
+      return await this.#requestToken(
+        challenge,
+        credential,
+        outer ? AbortSignal.any([outer, stall.signal]) : stall.signal,
+      );
+    } catch (e) {
+      throw stall.signal.aborted ? stall.signal.reason : e;
+    } finally {
+      stall.clear();
+    }
+  }
+
+  async #requestToken(
+    challenge: Challenge,
+    credential: Credential | undefined,
+    signal: AbortSignal,
   ): Promise<{ token: string; lifetimeMs: number }> {
     const realm = challenge.params.realm;
     let realmUrl: URL;
@@ -148,6 +174,7 @@ export class AuthSession {
       form.set("scope", [...scopes].join(" "));
       this.#options.log?.(`requesting a token from ${realmUrl.origin} with a refresh token`);
       response = await transport.fetch(realmUrl, {
+        signal,
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded" },
         body: form,
@@ -164,7 +191,7 @@ export class AuthSession {
         `requesting a token from ${realmUrl.origin} ` +
           (headers.has("authorization") ? `as ${credential?.username}` : "anonymously"),
       );
-      response = await transport.fetch(url, { headers });
+      response = await transport.fetch(url, { headers, signal });
     }
     if (response.status === 401 || response.status === 403) {
       const cause = await errorForResponse(response, `token from ${realmUrl.origin}`);
