@@ -134,6 +134,11 @@ async function readPasswordFromStdin(): Promise<string> {
   return text.replace(/\r?\n$/, "");
 }
 
+/** The 12 hex digits users know a layer by (as docker prints them). */
+function layerLabel(digest: string): string {
+  return shortDigest(digest).slice(7, 19);
+}
+
 function humanBytes(n: number): string {
   const units = ["B", "KB", "MB", "GB", "TB"];
   let value = n, unit = 0;
@@ -194,7 +199,7 @@ class ProgressRenderer {
         break;
       case "blob-start":
         this.#blobs.set(event.digest, {
-          label: shortDigest(event.digest).slice(7, 19),
+          label: layerLabel(event.digest),
           size: event.size,
           received: 0,
           started: Date.now(),
@@ -214,7 +219,7 @@ class ProgressRenderer {
           blob.done = true;
           blob.received = event.size >= 0 ? event.size : blob.received;
         }
-        const label = shortDigest(event.digest).slice(7, 19);
+        const label = layerLabel(event.digest);
         const size = event.size >= 0 ? event.size : blob?.received ?? 0;
         this.line(
           `[+] ${label}: ${event.reused ? "already present" : "downloaded"} (${humanBytes(size)})`,

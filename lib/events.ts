@@ -8,8 +8,8 @@
 export type PullEvent =
   /** The platform that will be pulled, as the registry names it. */
   | { type: "platform"; requested: string; chosen: string; exact: boolean; digest?: string }
-  /** A blob transfer begins. `role` is "config" or "layer". */
-  | { type: "blob-start"; digest: string; size: number; role: "config" | "layer"; index: number }
+  /** A layer transfer begins; `index` is its position in the image (bottom first). */
+  | { type: "blob-start"; digest: string; size: number; index: number }
   /** Bytes of a blob have arrived (cumulative). */
   | { type: "blob-progress"; digest: string; received: number; size: number }
   /** A blob is on disk and verified. */

@@ -84,7 +84,6 @@ export interface DownloadOptions {
   output?: BlobSink;
   signal?: AbortSignal;
   onEvent?: PullEventSink;
-  role?: "config" | "layer";
   index?: number;
 }
 
@@ -194,7 +193,6 @@ export async function downloadBlob(
       type: "blob-start",
       digest,
       size,
-      role: options.role ?? "layer",
       index: options.index ?? 0,
     });
     const resumable = store.persistent && size >= 0;

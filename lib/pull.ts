@@ -17,6 +17,7 @@ import {
 } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import {
+  type BlobSink,
   DEFAULT_CONNECTIONS,
   downloadBlob,
   type DownloadedBlob,
@@ -270,6 +271,11 @@ interface LayerRun {
   failure: AbortController;
 }
 
+/** How layer `index` of this pull downloads; `output` is its place in the archive, if known. */
+function downloadOptions(run: LayerRun, index: number, output?: BlobSink): DownloadOptions {
+  return { policy: run.policy, signal: run.signal, onEvent: run.onEvent, index, output };
+}
+
 interface FetchedImage {
   configDigest: string;
   configBytes: Uint8Array;
@@ -370,13 +376,7 @@ async function pullImageLayers(
       layerCompression(layer.mediaType) === "zstd" && layers[index].path === undefined
     );
   await runAll(run, zstd, async ({ layer, index }) => {
-    const { path } = await downloadBlob(run.client, layer, store, {
-      policy: run.policy,
-      signal: run.signal,
-      onEvent,
-      role: "layer",
-      index,
-    });
+    const { path } = await downloadBlob(run.client, layer, store, downloadOptions(run, index));
     layers[index] = await convertZstdLayer(
       layers[index],
       path!,
@@ -402,14 +402,10 @@ async function pullImageLayers(
         return;
       }
       const descriptor = manifest.layers[index];
-      const options = {
-        policy: run.policy,
-        signal: run.signal,
-        onEvent,
-        role: "layer" as const,
-        index,
-        output: { path: archive.path, offset: archive.layerOffset(l.digest) },
-      };
+      const options = downloadOptions(run, index, {
+        path: archive.path,
+        offset: archive.layerOffset(l.digest),
+      });
       let result: DownloadedBlob;
       try {
         result = await downloadBlob(run.client, descriptor, store, options);
@@ -517,13 +513,7 @@ async function pullSchema1Layers(
   const layers = await runAll(run, real, async (layer, index) => {
     // Schema1 has no sizes; the digest check still covers every byte.
     const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
-    const { path } = await downloadBlob(run.client, descriptor, store, {
-      policy: run.policy,
-      signal: run.signal,
-      onEvent,
-      role: "layer",
-      index,
-    });
+    const { path } = await downloadBlob(run.client, descriptor, store, downloadOptions(run, index));
     if (!path) throw new Error("schema1 layer was not stored");
     const { diffId } = await decompressLayer(path, await sniffCompression(path));
     const size = (await Deno.stat(path)).size;

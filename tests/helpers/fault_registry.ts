@@ -88,36 +88,32 @@ export function serveBytes(bytes: Uint8Array, range?: FaultContext["range"]): Re
   });
 }
 
+/** A body that sends `prefix`, then calls `after` for every further read. */
+function prefixThen(
+  prefix: Uint8Array,
+  after: (controller: ReadableStreamDefaultController<Uint8Array>) => Promise<void> | void,
+): ReadableStream<Uint8Array> {
+  let sent = false;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent) return after(controller);
+      sent = true;
+      controller.enqueue(prefix.slice());
+    },
+  });
+}
+
 /** A body that sends `prefix` and then breaks the connection. */
 export function cutAfter(prefix: Uint8Array, status = 200, headers: HeadersInit = {}): Response {
-  let sent = false;
-  const body = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      if (!sent) {
-        sent = true;
-        controller.enqueue(prefix.slice());
-        return;
-      }
-      controller.error(new Error("connection cut by the fault registry"));
-    },
+  const body = prefixThen(prefix, (controller) => {
+    controller.error(new Error("connection cut by the fault registry"));
   });
   return new Response(body, { status, headers });
 }
 
 /** A body that sends `prefix` and then never another byte (until the client gives up). */
 export function stallAfter(prefix: Uint8Array, headers: HeadersInit = {}): Response {
-  let sent = false;
-  const body = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      if (!sent) {
-        sent = true;
-        controller.enqueue(prefix.slice());
-        return;
-      }
-      return new Promise(() => {});
-    },
-  });
-  return new Response(body, { headers });
+  return new Response(prefixThen(prefix, () => new Promise(() => {})), { headers });
 }
 
 /** Starts the fault registry on 127.0.0.1 with an OS-chosen port. */

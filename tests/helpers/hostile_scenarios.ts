@@ -1779,6 +1779,12 @@ function interruptScenario(sig: "SIGINT" | "SIGTERM", cache: boolean): Scenario 
 
 const TMPFS_IMAGE: ImageOptions = { layers: [MiB, MiB, MiB] };
 
+/** The output directory on a 2 MiB tmpfs, too small for the image. */
+async function fullOutputDisk(dirs: RunDirs): Promise<FaultSetup> {
+  await mountTmpfs(dirs.out, "size=2m");
+  return { imageOptions: TMPFS_IMAGE, extraClose: () => unmount(dirs.out) };
+}
+
 const localDisk: Scenario[] = [
   fault({
     id: "disk-full-no-cache",
@@ -1788,10 +1794,7 @@ const localDisk: Scenario[] = [
     message: /no space left on device/i,
     root: true,
     preexisting: true,
-  }, async (dirs) => {
-    await mountTmpfs(dirs.out, "size=2m");
-    return { imageOptions: TMPFS_IMAGE, extraClose: () => unmount(dirs.out) };
-  }),
+  }, fullOutputDisk),
   fault({
     id: "disk-full-archive",
     cls: "local-disk",
@@ -1800,10 +1803,7 @@ const localDisk: Scenario[] = [
     message: /no space left on device/i,
     cache: true,
     root: true,
-  }, async (dirs) => {
-    await mountTmpfs(dirs.out, "size=2m");
-    return { imageOptions: TMPFS_IMAGE, extraClose: () => unmount(dirs.out) };
-  }),
+  }, fullOutputDisk),
   fault({
     id: "output-read-only",
     cls: "local-disk",
