@@ -37,7 +37,6 @@ import {
   describeBad,
   mountTmpfs,
   pool,
-  type Prepared,
   type PullOutcome,
   type RunDirs,
   type RunResult,
@@ -46,7 +45,25 @@ import {
   Services,
   unmount,
 } from "./hostile_runner.ts";
+import {
+  contentHeaders,
+  endlessBody,
+  exactly,
+  expect,
+  fault,
+  type FaultRun,
+  type FaultSetup,
+  type Handler,
+  Held,
+  manifestPath,
+  pathOf,
+  rangeStart,
+  signal,
+  type Target,
+  targetPath,
+} from "./scenarios/kit.ts";
 import { freePort } from "./ports.ts";
+import { SECURITY_CLASSES, SECURITY_SCENARIOS } from "./scenarios/security.ts";
 import { pushBlob, pushManifest } from "./push.ts";
 import { type RunningRegistry, startRegistry } from "./registry.ts";
 import { startTokenServer, type TokenServer } from "./token_server.ts";
@@ -81,181 +98,8 @@ export const CLASSES: { id: string; title: string }[] = [
   { id: "secrets-basic", title: "secrets: Basic auth (Distribution), --verbose" },
   { id: "secrets-failing-token-server", title: "secrets: failing or hostile token server" },
   { id: "load", title: "8 concurrent pulls of overlapping images into one cache" },
+  ...SECURITY_CLASSES,
 ];
-
-// ---------------------------------------------------------------------------------------------
-// Building blocks
-
-type Target = "manifest" | "config" | "layer";
-type Handler = (req: Request, ctx: FaultContext) => Response | Promise<Response> | undefined;
-
-/** A running fault registry with the image it serves. */
-interface FaultRun {
-  registry: FaultRegistry;
-  image: TestImage;
-  /** Requests whose path is `target`'s (or equals a path). */
-  requests(target: Target | string): FaultRequest[];
-  count(target: Target | string): number;
-  blobRequests(): FaultRequest[];
-}
-
-function manifestPath(image: TestImage, reference = image.tag): string {
-  return `/v2/${image.repository}/manifests/${reference}`;
-}
-
-function blobPath(image: TestImage, digest: string): string {
-  return `/v2/${image.repository}/blobs/${digest}`;
-}
-
-function targetPath(image: TestImage, target: Target | string): string {
-  if (target === "manifest") return manifestPath(image);
-  if (target === "config") return blobPath(image, image.config.digest);
-  if (target === "layer") return blobPath(image, image.layers[0].digest);
-  return target;
-}
-
-function pathOf(req: Request): string {
-  return new URL(req.url).pathname;
-}
-
-/** Header of a manifest or blob response, so that cut/stall bodies look like the real one. */
-function contentHeaders(image: TestImage, target: Target, bytes: Uint8Array): HeadersInit {
-  const headers: Record<string, string> = { "content-length": String(bytes.byteLength) };
-  if (target === "manifest") headers["content-type"] = image.manifest.mediaType;
-  return headers;
-}
-
-/** Bodies that never end (or end at `limit`), counting what the server produced. */
-export function endlessBody(
-  prefix: Uint8Array,
-  counter: { bytes: number },
-  limit = 1024 * MiB,
-  fill = 0x20,
-): ReadableStream<Uint8Array> {
-  const chunk = new Uint8Array(64 * KiB).fill(fill);
-  let sentPrefix = false;
-  return new ReadableStream<Uint8Array>({
-    pull(controller) {
-      if (!sentPrefix) {
-        sentPrefix = true;
-        controller.enqueue(prefix.slice());
-        counter.bytes += prefix.byteLength;
-        return;
-      }
-      const n = Math.min(chunk.byteLength, limit - counter.bytes);
-      if (n <= 0) {
-        controller.close();
-        return;
-      }
-      controller.enqueue(chunk.slice(0, n));
-      counter.bytes += n;
-    },
-  });
-}
-
-/** Answers held back until {@link release} (a server that never answers, until cleanup). */
-class Held {
-  readonly #pending: (() => void)[] = [];
-  /** A response that only comes at cleanup time. */
-  never(): Promise<Response> {
-    return new Promise((resolve) =>
-      this.#pending.push(() => resolve(new Response(null, { status: 503 })))
-    );
-  }
-  release(): void {
-    for (const resolve of this.#pending.splice(0)) resolve();
-  }
-}
-
-/** A promise with its resolve function. */
-function signal(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => resolve = r);
-  return { promise, resolve };
-}
-
-interface FaultSetup {
-  image?: TestImage;
-  imageOptions?: ImageOptions;
-  handler?: (image: TestImage) => Handler;
-  /** Serve HTTPS with the test PKI (and pass --ca-cert). */
-  tls?: boolean;
-  /** Reference to pull; default `<host>/<repository>:<tag>`. */
-  ref?: (image: TestImage, registry: FaultRegistry) => string;
-  args?: string[];
-  /** Default: the image's config and layers. `null`: nothing to verify beyond the format. */
-  expected?: Prepared["expected"] | null;
-  secrets?: string[];
-  stdin?: string;
-  check?: (run: FaultRun, outcome: PullOutcome, dirs: RunDirs) => string[] | Promise<string[]>;
-  extraClose?: () => Promise<void>;
-  interrupt?: (run: () => FaultRun) => Prepared["interrupt"];
-  /** Archive path when not `dirs.output`. */
-  output?: string;
-  /** The setup took care of the destination (see {@link Prepared.ownsDestination}). */
-  ownsDestination?: boolean;
-}
-
-/** A scenario against one fault registry. */
-function fault(
-  base: Omit<Scenario, "prepare">,
-  setup: (dirs: RunDirs, services: Services) => FaultSetup | Promise<FaultSetup>,
-): Scenario {
-  return {
-    ...base,
-    async prepare(dirs, services) {
-      const s = await setup(dirs, services);
-      const image = s.image ?? buildImage(s.imageOptions);
-      const pki = s.tls ? await services.pki() : undefined;
-      const registry = startFaultRegistry({
-        blobs: image.blobs,
-        manifests: image.manifests,
-        fault: s.handler?.(image),
-        tls: pki ? { cert: pki.serverCertPem, key: pki.serverKeyPem } : undefined,
-        quiet: true,
-      });
-      const run: FaultRun = {
-        registry,
-        image,
-        requests: (t) => registry.requests.filter((r) => r.path === targetPath(image, t)),
-        count: (t) => registry.requests.filter((r) => r.path === targetPath(image, t)).length,
-        blobRequests: () => registry.requests.filter((r) => r.path.includes("/blobs/")),
-      };
-      return {
-        ref: s.ref?.(image, registry) ?? `${registry.host}/${image.repository}:${image.tag}`,
-        args: [...(pki ? ["--ca-cert", pki.caCertPath] : []), ...(s.args ?? [])],
-        stdin: s.stdin,
-        expected: s.expected === null ? undefined : s.expected ?? expectedArchive(image),
-        secrets: s.secrets,
-        output: s.output,
-        ownsDestination: s.ownsDestination,
-        interrupt: s.interrupt?.(() => run),
-        check: s.check ? (outcome) => s.check!(run, outcome, dirs) : undefined,
-        close: async () => {
-          await s.extraClose?.();
-          await registry.close();
-        },
-      };
-    },
-  };
-}
-
-/** Problem text unless `ok`. */
-function expect(ok: boolean, problem: string): string[] {
-  return ok ? [] : [problem];
-}
-
-/** `n` requests to `target`, exactly. */
-function exactly(run: FaultRun, target: Target | string, n: number, why: string): string[] {
-  const count = run.count(target);
-  return expect(count === n, `${count} requests for the ${target}, expected ${n} (${why})`);
-}
-
-/** `Range` start of a request, or undefined. */
-function rangeStart(request: FaultRequest | undefined): number | undefined {
-  const m = request?.range?.match(/^bytes=(\d+)-/);
-  return m ? Number(m[1]) : undefined;
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Transient failures: retried, then the pull completes; with --retries 0 they end in exit 6.
@@ -2272,6 +2116,7 @@ export const SCENARIOS: Scenario[] = [
   ...secretsToken,
   ...secretsBasic,
   ...secretsFailing,
+  ...SECURITY_SCENARIOS,
 ];
 
 /** The scenarios of one class. */
