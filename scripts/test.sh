@@ -7,9 +7,14 @@ cd "$(dirname "$0")/.."
 
 # docker-registry: CNCF Distribution, the registry under test; skopeo: independent fixture check;
 # podman, docker.io: the loaders that prove archives; apache2-utils: htpasswd (bcrypt);
-# busybox-static: the runnable binary inside test images; openssl: the test PKI.
+# busybox-static: the runnable binary inside test images; openssl: the test PKI;
+# containerd: `ctr images import` proves archives too; zstd: zstd and zstd:chunked-shaped layers;
+# tinyproxy: a real HTTP/CONNECT proxy; golang-*-dev: peers' Go sources, whose test tables
+# serve as oracles for our parsers (read from /usr/share/gocode at test time, never copied).
 APT_PACKAGES=(docker-registry skopeo podman docker.io apache2-utils busybox-static openssl
-  ca-certificates tar gzip uidmap iproute2)
+  ca-certificates tar gzip uidmap iproute2 containerd zstd tinyproxy
+  golang-github-containerd-containerd-dev golang-github-containers-image-dev
+  golang-github-docker-distribution-dev)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
