@@ -228,9 +228,10 @@ export async function main(args: string[]): Promise<number> {
       throw new UsageError("--password needs --username");
     }
     if (values.password !== undefined) {
-      renderer.line(
+      // A security warning, not progress: -q does not hide it (nothing is drawn yet).
+      writeErr(
         "[!] Warning: --password on the command line is visible to other users; " +
-          "use --password-stdin",
+          "use --password-stdin\n",
       );
     }
     const password = values["password-stdin"] ? await readPasswordFromStdin() : values.password;

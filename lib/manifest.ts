@@ -31,6 +31,8 @@ export interface Descriptor {
   urls?: string[];
   platform?: Platform;
   annotations?: Record<string, string>;
+  /** OCI 1.1: the type of the artifact this descriptor points at. */
+  artifactType?: string;
 }
 
 /** An OCI image index or Docker manifest list. */
@@ -38,6 +40,8 @@ export interface IndexManifest {
   kind: "index";
   mediaType: string;
   manifests: Descriptor[];
+  /** OCI 1.1: set on indexes that are artifacts rather than multi-platform images. */
+  artifactType?: string;
 }
 
 /** An OCI image manifest or Docker schema2 manifest. */
@@ -47,6 +51,10 @@ export interface ImageManifest {
   config: Descriptor;
   /** Bottom layer first. */
   layers: Descriptor[];
+  /** OCI 1.1: set on manifests of artifacts (signatures, SBOMs, charts), never on images. */
+  artifactType?: string;
+  /** OCI 1.1: the manifest this one refers to (a signature's image, say). */
+  subject?: Descriptor;
 }
 
 /** One layer of a schema1 manifest, bottom first (reversed from the wire order). */
@@ -137,6 +145,8 @@ export function parseDescriptor(value: unknown, what: string): Descriptor {
   if (platform) descriptor.platform = platform;
   const annotations = parseStringMap(value.annotations, `${what}.annotations`);
   if (annotations) descriptor.annotations = annotations;
+  const artifactType = optionalString(value, "artifactType");
+  if (artifactType) descriptor.artifactType = artifactType;
   return descriptor;
 }
 
@@ -144,6 +154,22 @@ function parseDescriptorList(value: unknown, what: string, max: number): Descrip
   if (!Array.isArray(value)) fail(`"${what}" must be a list`);
   if (value.length > max) fail(`"${what}" has ${value.length} entries (at most ${max})`);
   return value.map((item, i) => parseDescriptor(item, `${what}[${i}]`));
+}
+
+/**
+ * One digest names one content, so it has one size. A document that gives a digest two sizes
+ * is refused: the archive is laid out from sizes, and a second size would let the (verified)
+ * bytes of one entry spill into the space planned for the next.
+ */
+function requireOneSizePerDigest(descriptors: readonly Descriptor[]): void {
+  const sizes = new Map<string, number>();
+  for (const d of descriptors) {
+    const known = sizes.get(d.digest);
+    if (known !== undefined && known !== d.size) {
+      fail(`${d.digest} is listed with two sizes (${known} and ${d.size})`);
+    }
+    sizes.set(d.digest, d.size);
+  }
 }
 
 /** Infers the media type when neither the body nor the response names one. */
@@ -180,20 +206,23 @@ export function parseManifest(bytes: Uint8Array, contentType?: string | null): M
   const mediaType = bodyType ? bodyType : known(headerType) ? headerType! : inferMediaType(obj);
 
   if (isIndexType(mediaType)) {
-    return {
-      kind: "index",
-      mediaType,
-      manifests: parseDescriptorList(obj.manifests, "manifests", MAX_INDEX_ENTRIES),
-    };
+    const manifests = parseDescriptorList(obj.manifests, "manifests", MAX_INDEX_ENTRIES);
+    requireOneSizePerDigest(manifests);
+    const index: IndexManifest = { kind: "index", mediaType, manifests };
+    const artifactType = optionalString(obj, "artifactType");
+    if (artifactType) index.artifactType = artifactType;
+    return index;
   }
   if (mediaType === MediaType.ociManifest || mediaType === MediaType.dockerManifest) {
     if (obj.schemaVersion !== 2) fail("schemaVersion must be 2");
-    return {
-      kind: "image",
-      mediaType,
-      config: parseDescriptor(obj.config, "config"),
-      layers: parseDescriptorList(obj.layers, "layers", MAX_LAYERS),
-    };
+    const config = parseDescriptor(obj.config, "config");
+    const layers = parseDescriptorList(obj.layers, "layers", MAX_LAYERS);
+    requireOneSizePerDigest([config, ...layers]);
+    const image: ImageManifest = { kind: "image", mediaType, config, layers };
+    const artifactType = optionalString(obj, "artifactType");
+    if (artifactType) image.artifactType = artifactType;
+    if (isObject(obj.subject)) image.subject = parseDescriptor(obj.subject, "subject");
+    return image;
   }
   if (mediaType === MediaType.dockerSchema1 || mediaType === MediaType.dockerSchema1Signed) {
     return parseSchema1(obj, mediaType);

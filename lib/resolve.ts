@@ -76,23 +76,33 @@ export interface PlatformEntry {
   mediaType: string;
 }
 
-function manifestDigest(fetched: FetchedManifest, manifest: Manifest): string {
-  const bytes = manifest.kind === "schema1" ? schema1PayloadBytes(fetched.bytes) : fetched.bytes;
-  return digestOf(bytes);
-}
-
-/** Checks a fetched manifest against the digest we asked for, or that the registry claimed. */
-function verifyManifest(
+/**
+ * Parses a fetched manifest and checks it against the digest we asked for, or that an index
+ * named. A schema1 digest covers the JWS payload, not the body: the manifest is parsed from
+ * exactly those bytes, so that what is pulled is what was verified (a body whose signature
+ * header points elsewhere cannot swap its own layers in).
+ */
+function verifiedManifest(
   fetched: FetchedManifest,
-  manifest: Manifest,
   expected: string | undefined,
   what: string,
-): string {
-  const actual = manifestDigest(fetched, manifest);
+): { manifest: Manifest; digest: string } {
+  let manifest = parseManifest(fetched.bytes, fetched.contentType);
+  let verifiedBytes: Uint8Array = fetched.bytes;
+  if (manifest.kind === "schema1") {
+    verifiedBytes = schema1PayloadBytes(fetched.bytes);
+    if (verifiedBytes !== fetched.bytes) {
+      manifest = parseManifest(verifiedBytes, fetched.contentType);
+      if (manifest.kind !== "schema1") {
+        throw new InvalidContentError(`${what}: the schema1 signature covers another document`);
+      }
+    }
+  }
+  const actual = digestOf(verifiedBytes);
   if (expected && actual !== expected) {
     throw new IntegrityError(`${what}: expected digest ${expected}, content has ${actual}`);
   }
-  return actual;
+  return { manifest, digest: actual };
 }
 
 async function fetchManifest(
@@ -108,9 +118,7 @@ async function fetchManifest(
       `${what}: expected ${expected.size} bytes, received ${fetched.bytes.byteLength}`,
     );
   }
-  const manifest = parseManifest(fetched.bytes, fetched.contentType);
-  const digest = verifyManifest(fetched, manifest, expectedDigest, what);
-  return { manifest, digest };
+  return verifiedManifest(fetched, expectedDigest, what);
 }
 
 function isAttestation(entry: Descriptor): boolean {
