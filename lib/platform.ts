@@ -2,7 +2,8 @@
  * Platforms (`os/arch[/variant]`): parsing, normalisation and choosing an index entry,
  * with the rules of containerd's `platforms` package (database.go, compare.go).
  *
- * Pure functions only: the caller passes in `Deno.build.arch` and the environment.
+ * Pure functions only: the caller passes in the environment; the host architecture defaults to
+ * `Deno.build.arch` (which needs no permission) and can be passed in for tests.
  *
  * @example
  * ```ts
@@ -54,7 +55,7 @@ export interface PlatformMatch {
 const OS_COMPONENT = /^([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?$/;
 const COMPONENT = /^[A-Za-z0-9_.-]+$/;
 
-/** containerd's `isKnownOS`, for a one-word DOCKER_DEFAULT_PLATFORM. */
+/** containerd's `isKnownOS`, for a one-word specifier ("linux", "windows"). */
 const KNOWN_OS = new Set([
   "aix",
   "android",
@@ -75,7 +76,7 @@ const KNOWN_OS = new Set([
   "zos",
 ]);
 
-/** containerd's `isKnownArch`, for a one-word DOCKER_DEFAULT_PLATFORM. */
+/** containerd's `isKnownArch`, for a one-word specifier ("arm64", "x86_64"). */
 const KNOWN_ARCH = new Set([
   "386",
   "amd64",
@@ -139,18 +140,37 @@ function invalid(spec: string, reason: string, hint?: string): InvalidPlatformEr
 }
 
 /**
- * Parses `os/arch[/variant]` and normalises it ({@link normalizePlatform}); upper case is
- * lower-cased, as containerd does. containerd's `os(version+feature)` form is accepted too,
- * e.g. `windows(10.0.17763)/amd64`. Throws {@link InvalidPlatformError} for anything else,
- * including a bare "linux" or "arm64" (the caller decides defaults, not the parser).
+ * Where a one-word specifier gets its missing half: the host architecture, as `Deno.build.arch`
+ * spells it ("x86_64", "aarch64") or normalised. The os is always "linux" (see
+ * {@link parsePlatform}).
+ */
+export interface PlatformDefaults {
+  /** Host architecture; default `Deno.build.arch`. */
+  arch?: string;
+}
+
+/**
+ * Parses a platform specifier as containerd's `platforms.Parse` does, case-insensitively, and
+ * normalises it ({@link normalizePlatform}):
+ *
+ * - `os/arch` and `os/arch/variant`; the os may carry containerd's `os(version+feature)` form,
+ *   e.g. `windows(10.0.17763)/amd64`.
+ * - one word: a known os ("linux", "windows", "macOS" → darwin) takes the host architecture;
+ *   otherwise a known architecture ("arm64", "aarch64", "x86_64", "armhf", "i386", "s390x", …)
+ *   takes the os "linux". containerd would take the host's os here; images are Linux images
+ *   even on a macOS or Windows host (as for {@link hostPlatform}), and on Linux both agree.
+ *
+ * Throws {@link InvalidPlatformError} for anything else (exit code 2).
  *
  * @example
  * ```ts
  * parsePlatform("linux/arm/v7"); // { os: "linux", architecture: "arm", variant: "v7" }
  * parsePlatform("Linux/x86_64"); // { os: "linux", architecture: "amd64" }
+ * parsePlatform("arm64"); // { os: "linux", architecture: "arm64" }
+ * parsePlatform("linux", { arch: "aarch64" }); // { os: "linux", architecture: "arm64" }
  * ```
  */
-export function parsePlatform(s: string): Platform {
+export function parsePlatform(s: string, defaults: PlatformDefaults = {}): Platform {
   if (typeof s !== "string") {
     throw new InvalidPlatformError(`invalid platform: expected a string, got ${typeof s}`);
   }
@@ -158,7 +178,6 @@ export function parsePlatform(s: string): Platform {
   if (s.includes("*")) throw invalid(s, "wildcards are not supported");
   // Split at most 4 ways, like containerd, so a hostile "a/a/a/..." costs nothing.
   const parts = s.split("/", 4);
-  if (parts.length < 2) throw invalid(s, "the architecture is missing");
   if (parts.length > 3) throw invalid(s, "too many components");
 
   const osMatch = OS_COMPONENT.exec(parts[0]);
@@ -175,13 +194,44 @@ export function parsePlatform(s: string): Platform {
     }
   }
 
-  const p: Platform = { os: osMatch[1], architecture: parts[1] };
+  const p: Platform = { os: osMatch[1], architecture: parts[1] ?? "" };
+  if (parts.length === 1) Object.assign(p, oneWord(s, osMatch[1], osMatch[0], defaults));
   if (parts.length === 3) p.variant = parts[2];
   if (osMatch[2]) p["os.version"] = decodeOsOption(s, osMatch[2]);
   if (osMatch[3]) {
     p["os.features"] = osMatch[3].slice(1).split("+").map((f) => decodeOsOption(s, f));
   }
   return normalizePlatform(p);
+}
+
+/**
+ * containerd's rule for a specifier without "/": a known os first (with the host
+ * architecture), else a known architecture (with os "linux").
+ */
+function oneWord(
+  spec: string,
+  name: string,
+  whole: string,
+  defaults: PlatformDefaults,
+): { os: string; architecture: string } {
+  const lower = name.toLowerCase();
+  const os = lower === "macos" ? "darwin" : lower;
+  if (KNOWN_OS.has(os)) {
+    const arch = normalizePlatform({
+      os: "linux",
+      architecture: str(defaults.arch ?? Deno.build.arch),
+    }).architecture;
+    if (arch === "") throw invalid(spec, "the host architecture is unknown");
+    return { os, architecture: arch };
+  }
+  const arch = normalizePlatform({ os: "linux", architecture: lower }).architecture;
+  if (whole === name && KNOWN_ARCH.has(arch)) return { os: "linux", architecture: lower };
+  throw invalid(
+    spec,
+    "unknown operating system or architecture",
+    'expected os/arch[/variant], an os or an architecture, e.g. "linux/amd64", "linux/arm/v7" ' +
+      'or "arm64"',
+  );
 }
 
 /** containerd percent-encodes "%", "+", "(", ")" and "/" inside the os options. */
@@ -278,6 +328,39 @@ export function formatPlatform(p: Platform): string {
   return variant === "" ? `${os}/${arch}` : `${os}/${arch}/${variant}`;
 }
 
+/** containerd's escaping inside `os(...)`: the characters its grammar uses. */
+function encodeOsOption(value: string): string {
+  return value.replace(/[%+()/]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
+}
+
+/**
+ * The platform a pull resolved to, for people: `os/arch[/variant]`, with the os version and
+ * features in containerd's `os(version+feature)` form when present (containerd's `FormatAll`),
+ * and, when the user typed something else, what they typed: `linux/arm64 (from "aarch64")`.
+ * The result parses back ({@link parsePlatform}) to the same platform, apart from the note.
+ *
+ * @example
+ * ```ts
+ * describePlatform(parsePlatform("arm64"), "arm64"); // 'linux/arm64 (from "arm64")'
+ * describePlatform(parsePlatform("linux/arm/v7"), "linux/arm/v7"); // "linux/arm/v7"
+ * describePlatform({ os: "windows", architecture: "amd64", "os.version": "10.0.17763" });
+ * // "windows(10.0.17763)/amd64"
+ * ```
+ */
+export function describePlatform(resolved: Platform, given?: string): string {
+  const version = str(resolved?.["os.version"]);
+  const rawFeatures = resolved?.["os.features"];
+  const features = Array.isArray(rawFeatures) ? rawFeatures.filter((f) => str(f) !== "") : [];
+  let text = formatPlatform(resolved);
+  if (version !== "" || features.length > 0) {
+    const options = [version, ...features].map(encodeOsOption).join("+");
+    text = text.replace(/^[^/]*/, (os) => `${os}(${options})`);
+  }
+  if (typeof given !== "string" || given === text) return text;
+  const shown = given.length > 60 ? given.slice(0, 60) + "…" : given;
+  return `${text} (from ${JSON.stringify(shown)})`;
+}
+
 /**
  * The platform Docker pulls by default: `DOCKER_DEFAULT_PLATFORM` when set and not blank,
  * else `linux/<host arch>` (images are Linux images even on a macOS host). `arch` is
@@ -300,16 +383,8 @@ export function hostPlatform(env: { DOCKER_DEFAULT_PLATFORM?: string; arch: stri
     return host;
   }
   const where = "(from DOCKER_DEFAULT_PLATFORM)";
-  if (!fromEnv.includes("/") && !fromEnv.includes("*") && COMPONENT.test(fromEnv)) {
-    const word = fromEnv.toLowerCase();
-    const asOs = word === "macos" ? "darwin" : word;
-    if (KNOWN_OS.has(asOs)) return normalizePlatform({ ...host, os: asOs });
-    const asArch = normalizePlatform({ os: "linux", architecture: word });
-    if (KNOWN_ARCH.has(asArch.architecture)) return asArch;
-    throw invalid(fromEnv, `unknown operating system or architecture ${where}`);
-  }
   try {
-    return parsePlatform(fromEnv);
+    return parsePlatform(fromEnv, { arch: str(env.arch) });
   } catch (e) {
     if (e instanceof InvalidPlatformError) {
       throw new InvalidPlatformError(`${e.message} ${where}`, { hint: e.hint, cause: e });

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  describePlatform,
   formatPlatform,
   hostPlatform,
   isAttestationPlatform,
@@ -70,11 +71,80 @@ Deno.test("parsePlatform: valid specifiers, normalised", async (t) => {
   }
 });
 
+Deno.test("parsePlatform: one word, as containerd's Parse (os: linux, arch: the host's)", () => {
+  const cases: [string, Platform][] = [
+    ["arm64", p("linux", "arm64")],
+    ["ARM64", p("linux", "arm64")],
+    ["aarch64", p("linux", "arm64")],
+    ["Aarch64", p("linux", "arm64")],
+    ["x86_64", p("linux", "amd64")],
+    ["amd64", p("linux", "amd64")],
+    ["armhf", p("linux", "arm", "v7")],
+    ["armel", p("linux", "arm", "v6")],
+    ["arm", p("linux", "arm", "v7")],
+    ["i386", p("linux", "386")],
+    ["386", p("linux", "386")],
+    ["s390x", p("linux", "s390x")],
+    ["riscv64", p("linux", "riscv64")],
+    ["linux", p("linux", "amd64")],
+    ["LINUX", p("linux", "amd64")],
+    ["macOS", p("darwin", "amd64")],
+    ["darwin", p("darwin", "amd64")],
+    ["windows", p("windows", "amd64")],
+    [
+      "windows(10.0.17763)",
+      { os: "windows", architecture: "amd64", "os.version": "10.0.17763" },
+    ],
+  ];
+  for (const [input, want] of cases) {
+    assert.deepEqual(parsePlatform(input, { arch: "x86_64" }), want, input);
+  }
+  // The os alone takes the host architecture, whichever spelling the host uses.
+  assert.deepEqual(parsePlatform("linux", { arch: "aarch64" }), p("linux", "arm64"));
+  assert.deepEqual(parsePlatform("linux", { arch: "arm64" }), p("linux", "arm64"));
+  // An architecture alone never depends on the host.
+  assert.deepEqual(parsePlatform("armhf", { arch: "aarch64" }), p("linux", "arm", "v7"));
+  // Without defaults, the host is Deno's.
+  const host = normalizePlatform({ os: "linux", architecture: Deno.build.arch });
+  assert.deepEqual(parsePlatform("linux"), host);
+  assert.throws(() => parsePlatform("linux", { arch: "" }), InvalidPlatformError);
+});
+
+Deno.test("describePlatform: resolved platform, and what was typed when it differs", () => {
+  assert.equal(describePlatform(parsePlatform("linux/arm64")), "linux/arm64");
+  assert.equal(describePlatform(parsePlatform("linux/arm64"), "linux/arm64"), "linux/arm64");
+  assert.equal(
+    describePlatform(parsePlatform("arm64"), "arm64"),
+    'linux/arm64 (from "arm64")',
+  );
+  assert.equal(
+    describePlatform(parsePlatform("linux/arm64/v8"), "linux/arm64/v8"),
+    'linux/arm64 (from "linux/arm64/v8")',
+  );
+  const windows: Platform = {
+    os: "windows",
+    architecture: "amd64",
+    "os.version": "10.0.20348",
+    "os.features": ["win32k", "a+b"],
+  };
+  const text = describePlatform(windows);
+  assert.equal(text, "windows(10.0.20348+win32k+a%2Bb)/amd64");
+  assert.deepEqual(parsePlatform(text), normalizePlatform(windows), "it parses back");
+  assert.equal(
+    describePlatform({ os: "windows", architecture: "amd64", "os.features": ["x"] }),
+    "windows(+x)/amd64",
+  );
+  assert.equal(describePlatform({} as Platform), "unknown/unknown");
+  assert.ok(describePlatform(p("linux", "amd64"), "x".repeat(500)).length < 100);
+});
+
 Deno.test("parsePlatform: invalid specifiers throw InvalidPlatformError", async (t) => {
   const cases: [string, string][] = [
     ["", "platform is empty"],
-    ["linux", "architecture is missing"],
-    ["arm64", "architecture is missing"],
+    ["nonsense", "unknown operating system or architecture"],
+    ["arm65", "unknown operating system or architecture"],
+    ["x86_64(1.0)", "unknown operating system or architecture"],
+    ["Linux ", "invalid os"],
     ["linux/", "invalid component"],
     ["/amd64", "invalid os"],
     ["/", "invalid os"],
@@ -100,6 +170,7 @@ Deno.test("parsePlatform: invalid specifiers throw InvalidPlatformError", async 
         assert.ok(e.message.includes(fragment), `${e.message} lacks ${fragment}`);
         assert.ok(e.message.startsWith("invalid platform "), e.message);
         assert.ok(e.hint?.includes("os/arch"), e.hint);
+        assert.ok(!e.message.includes("architecture is missing"), e.message);
         return true;
       });
     });
@@ -199,6 +270,10 @@ Deno.test("hostPlatform: DOCKER_DEFAULT_PLATFORM, else linux/<host arch>", () =>
   assert.deepEqual(
     hostPlatform({ arch: "x86_64", DOCKER_DEFAULT_PLATFORM: "aarch64" }),
     p("linux", "arm64"),
+  );
+  assert.deepEqual(
+    hostPlatform({ arch: "x86_64", DOCKER_DEFAULT_PLATFORM: "macOS" }),
+    p("darwin", "amd64"),
   );
   for (const bad of ["nonsense", "linux/", "a/b/c/d", "linux/*"]) {
     assert.throws(
