@@ -73,6 +73,7 @@ export class RegistryClient {
       log: options.log,
       signal: options.signal,
       stallTimeoutMs: options.stallTimeoutMs,
+      plainHttp: options.plainHttp,
     });
   }
 
@@ -143,7 +144,7 @@ export class RegistryClient {
     if (response.status !== 400) this.#answeredHttp ||= base.startsWith("http:");
     if (response.status === 401) {
       this.#base = base;
-      await this.#session.challenged(response, undefined);
+      await this.#session.challenged(response, undefined, base);
       await response.body?.cancel();
       return;
     }
@@ -171,7 +172,7 @@ export class RegistryClient {
         signal: signal ?? this.options.signal,
       });
       if (response.status !== 401 || attempt > 0) return response;
-      await this.#session.challenged(response, authorization);
+      await this.#session.challenged(response, authorization, this.baseUrl);
       await response.body?.cancel();
     }
   }

@@ -3,12 +3,13 @@
  * `--ca-cert`, plus Docker's and Podman's per-registry directories
  * (`/etc/docker/certs.d/<host[:port]>/`, `/etc/containers/certs.d/…`):
  * `*.crt` files are CAs, a `*.cert` with its `*.key` is a client
- * certificate for mutual TLS.
+ * certificate for mutual TLS. Every file is tried with the TLS stack as it
+ * is read, so one it refuses is named in the error.
  *
  * @module
  */
 import { UsageError } from "./errors.ts";
-import type { TlsOptions } from "./transport.ts";
+import { createTlsClient, type TlsOptions } from "./transport.ts";
 
 /** Where per-registry certificate directories are looked for. */
 export const CERTS_D_ROOTS = ["/etc/docker/certs.d", "/etc/containers/certs.d"];
@@ -35,7 +36,18 @@ async function listDir(path: string): Promise<string[]> {
   }
 }
 
-/** Builds the TLS options for `registryHost` ("host[:port]"). */
+/**
+ * Throws the {@link createTlsClient} error (a NetworkError naming `files`) when the TLS stack
+ * refuses this material: a malformed PEM, an X.509 v1 client certificate, a mismatched key.
+ */
+function checkTls(tls: TlsOptions): void {
+  createTlsClient(tls).close();
+}
+
+/**
+ * Builds the TLS options for `registryHost` ("host[:port]"). A file that is not PEM at all is a
+ * usage error; one the TLS stack refuses is a NetworkError naming it.
+ */
 export async function registryTls(
   registryHost: string,
   caCertFiles: readonly string[] = [],
@@ -48,19 +60,29 @@ export async function registryTls(
     if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
       throw new UsageError(`${file} is not a PEM certificate`);
     }
+    checkTls({ caCerts: [pem], files: [file] });
     caCerts.push(pem);
   }
-  const tls: TlsOptions = { caCerts };
+  const files = [...caCertFiles];
+  const tls: TlsOptions = { caCerts, files };
   for (const root of certsDirs) {
     const dir = `${root}/${registryHost}`;
     for (const name of await listDir(dir)) {
       if (name.endsWith(".crt")) {
         const pem = await readIfPresent(`${dir}/${name}`);
-        if (pem) caCerts.push(pem);
+        if (pem) {
+          checkTls({ caCerts: [pem], files: [`${dir}/${name}`] });
+          caCerts.push(pem);
+          files.push(`${dir}/${name}`);
+        }
       } else if (name.endsWith(".cert") && !tls.cert) {
-        const cert = await readIfPresent(`${dir}/${name}`);
-        const key = await readIfPresent(`${dir}/${name.slice(0, -".cert".length)}.key`);
+        const certFile = `${dir}/${name}`;
+        const keyFile = `${dir}/${name.slice(0, -".cert".length)}.key`;
+        const cert = await readIfPresent(certFile);
+        const key = await readIfPresent(keyFile);
         if (cert && key) {
+          checkTls({ cert, key, files: [certFile, keyFile] });
+          files.push(certFile, keyFile);
           tls.cert = cert;
           tls.key = key;
         }

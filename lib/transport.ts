@@ -2,7 +2,8 @@
  * The HTTP layer: one `Deno.HttpClient` per registry with the CAs the user
  * trusts, redirects followed by hand so that credentials never travel to
  * another origin and HTTPS is never downgraded, transport failures turned
- * into {@link NetworkError}s, and capped body reads.
+ * into {@link NetworkError}s (naming the proxy when one is in the way), and
+ * capped body reads.
  *
  * @module
  */
@@ -14,6 +15,8 @@ import {
   NotFoundError,
 } from "./errors.ts";
 import { VERSION } from "./version.ts";
+import { registerSecret } from "./redact.ts";
+import { encodeBase64Text } from "./encoding.ts";
 
 /** Sent with every request. */
 export const USER_AGENT = `imgpull/${VERSION}`;
@@ -29,6 +32,169 @@ export interface TlsOptions {
   /** Client certificate and key (PEM) for mutual TLS. */
   cert?: string;
   key?: string;
+  /** The files the PEM texts came from, named when the TLS stack refuses them. */
+  files?: string[];
+}
+
+/**
+ * Creates the HTTP client for `tls`. A certificate or key the TLS stack refuses (malformed PEM,
+ * an X.509 v1 certificate, a key that does not match) is a {@link NetworkError} naming the
+ * files, not a crash.
+ */
+export function createTlsClient(tls: TlsOptions = {}): Deno.HttpClient {
+  try {
+    return Deno.createHttpClient({
+      // HTTP/2 would multiplex every download over one TCP connection, which a
+      // per-connection rate cap (common at CDNs) then throttles as a whole.
+      http2: false,
+      caCerts: tls.caCerts,
+      ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
+    });
+  } catch (e) {
+    const files = tls.files?.length ? tls.files.join(" and ") : "the given certificates";
+    throw new NetworkError(`cannot use ${files} for TLS: ${describeCause(e)}`, {
+      cause: e,
+      retryable: false,
+      hint: tls.cert
+        ? "a client certificate must be an X.509 v3 PEM certificate matching its PEM key"
+        : "a CA file must hold PEM certificates",
+    });
+  }
+}
+
+/** Reads an environment variable; `undefined` when it is unset or not readable. */
+export type EnvLookup = (name: string) => string | undefined;
+
+/**
+ * Reads a variable only when `--allow-env` already grants it: never prompts, never throws, so a
+ * missing permission reads as "unset".
+ */
+export function readEnvIfAllowed(name: string): string | undefined {
+  try {
+    const { state } = Deno.permissions.querySync({ name: "env", variable: name });
+    return state === "granted" ? Deno.env.get(name) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The variables {@link proxyFor} reads (they need `--allow-env` to be named in messages). */
+export const PROXY_ENV_NAMES = [
+  "ALL_PROXY",
+  "all_proxy",
+  "HTTPS_PROXY",
+  "https_proxy",
+  "HTTP_PROXY",
+  "http_proxy",
+  "NO_PROXY",
+  "no_proxy",
+] as const;
+
+/** The proxy Deno sends a request through. */
+export interface ProxyInUse {
+  /** `scheme://host:port`, without credentials: safe to print. */
+  display: string;
+  /** Host and port of the proxy. */
+  hostname: string;
+  port: number;
+  protocol: "http:" | "https:" | "socks5:" | "socks5h:";
+  /** `Proxy-Authorization` value from the URL's credentials, if any. */
+  authorization?: string;
+}
+
+function firstSet(env: EnvLookup, upper: string, lower: string): string | undefined {
+  const value = env(upper);
+  return value !== undefined && value !== "" ? value : env(lower) || undefined;
+}
+
+/** Parses a proxy variable as Deno does: no scheme means http; `user` alone is not valid. */
+function parseProxy(value: string): ProxyInUse | undefined {
+  let url: URL;
+  try {
+    url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`);
+  } catch {
+    return undefined;
+  }
+  const protocol = url.protocol;
+  if (!["http:", "https:", "socks5:", "socks5h:"].includes(protocol)) return undefined;
+  if (url.hostname === "") return undefined;
+  // Deno ignores a proxy whose user info has no ":" (it cannot parse it).
+  const at = value.lastIndexOf("@");
+  if (at >= 0 && !value.slice(0, at).replace(/^[a-z][a-z0-9+.-]*:\/\//i, "").includes(":")) {
+    return undefined;
+  }
+  const defaultPort = protocol === "https:" ? 443 : protocol === "http:" ? 80 : 1080;
+  const port = url.port ? Number(url.port) : defaultPort;
+  let authorization: string | undefined;
+  if (url.username || url.password) {
+    const user = decodeURIComponent(url.username);
+    const password = decodeURIComponent(url.password);
+    registerSecret(password);
+    registerSecret(url.password);
+    authorization = `Basic ${encodeBase64Text(`${user}:${password}`)}`;
+    registerSecret(authorization.slice(6));
+  }
+  return {
+    display: `${protocol}//${url.host}`,
+    hostname: url.hostname,
+    port,
+    protocol: protocol as ProxyInUse["protocol"],
+    authorization,
+  };
+}
+
+function ipv4ToNumber(ip: string): number | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m) return undefined;
+  const octets = m.slice(1).map(Number);
+  if (octets.some((o) => o > 255)) return undefined;
+  return ((octets[0] << 24) >>> 0) + (octets[1] << 16) + (octets[2] << 8) + octets[3];
+}
+
+/** Whether `NO_PROXY` (Deno's rules: IPs, IPv4 CIDRs, `*`, domains and their subdomains) lists `host`. */
+function bypassed(noProxy: string, hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  const hostIp = ipv4ToNumber(host);
+  for (const raw of noProxy.split(",")) {
+    const entry = raw.trim().toLowerCase().replace(/^\[|\]$/g, "");
+    if (entry === "") continue;
+    if (entry === "*") return true;
+    const cidr = /^([\d.]+)\/(\d{1,2})$/.exec(entry);
+    if (cidr && hostIp !== undefined) {
+      const net = ipv4ToNumber(cidr[1]);
+      const bits = Number(cidr[2]);
+      if (net !== undefined && bits <= 32) {
+        const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+        if (((hostIp & mask) >>> 0) === ((net & mask) >>> 0)) return true;
+      }
+      continue;
+    }
+    const domain = entry.startsWith(".") ? entry.slice(1) : entry;
+    if (host === domain || host.endsWith(`.${domain}`)) return true;
+  }
+  return false;
+}
+
+/**
+ * The proxy Deno uses for `url`, by the environment as Deno reads it: `ALL_PROXY`, then
+ * `HTTPS_PROXY` (https URLs) or `HTTP_PROXY` (http URLs), upper case before lower case, unless
+ * `NO_PROXY` lists the host. Loopback hosts are not exempt (Deno proxies them too). Variables
+ * the process may not read count as unset.
+ */
+export function proxyFor(url: URL, env: EnvLookup = readEnvIfAllowed): ProxyInUse | undefined {
+  const noProxy = env("NO_PROXY") ?? env("no_proxy");
+  if (noProxy && bypassed(noProxy, url.hostname)) return undefined;
+  const candidates = [firstSet(env, "ALL_PROXY", "all_proxy")];
+  if (url.protocol === "https:") candidates.push(firstSet(env, "HTTPS_PROXY", "https_proxy"));
+  // Deno ignores HTTP_PROXY in a CGI context, where it could come from a request header.
+  if (url.protocol === "http:" && env("REQUEST_METHOD") === undefined) {
+    candidates.push(firstSet(env, "HTTP_PROXY", "http_proxy"));
+  }
+  for (const value of candidates) {
+    const proxy = value === undefined ? undefined : parseProxy(value);
+    if (proxy) return proxy;
+  }
+  return undefined;
 }
 
 /** A request as {@link Transport.fetch} takes it. */
@@ -42,15 +208,17 @@ export interface TransportRequest {
 /** Wraps `fetch` with the safety rules every request must follow. */
 export class Transport {
   readonly #client: Deno.HttpClient;
+  readonly #env: EnvLookup;
 
-  constructor(tls: TlsOptions = {}) {
-    this.#client = Deno.createHttpClient({
-      // HTTP/2 would multiplex every download over one TCP connection, which a
-      // per-connection rate cap (common at CDNs) then throttles as a whole.
-      http2: false,
-      caCerts: tls.caCerts,
-      ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
-    });
+  /** `env` says which proxy Deno uses (for messages); default: the process environment. */
+  constructor(tls: TlsOptions = {}, options: { env?: EnvLookup } = {}) {
+    this.#client = createTlsClient(tls);
+    this.#env = options.env ?? readEnvIfAllowed;
+  }
+
+  /** The proxy requests to `url` go through, if any. */
+  proxyFor(url: URL): ProxyInUse | undefined {
+    return proxyFor(url, this.#env);
   }
 
   /**
@@ -67,6 +235,10 @@ export class Transport {
     let body = request.body;
     for (let hop = 0;; hop++) {
       const response = await this.#send(current, { method, headers, body, signal: request.signal });
+      if (response.status === 407) {
+        await response.body?.cancel();
+        throw proxyAuthError(this.proxyFor(current), current);
+      }
       if (![301, 302, 303, 307, 308].includes(response.status)) return response;
       const location = response.headers.get("location");
       await response.body?.cancel();
@@ -110,7 +282,11 @@ export class Transport {
     try {
       return await fetch(url, { ...init, client: this.#client, redirect: "manual" });
     } catch (e) {
-      throw toNetworkError(e, url);
+      const proxy = this.proxyFor(url);
+      if (proxy && TUNNEL_FAILURE.test(describeCause(e))) {
+        throw await tunnelError(e, proxy, url, init.signal ?? undefined);
+      }
+      throw toNetworkError(e, url, proxy);
     }
   }
 
@@ -120,17 +296,119 @@ export class Transport {
   }
 }
 
-/** Turns a thrown transport failure into a {@link NetworkError} (aborts pass through). */
-export function toNetworkError(e: unknown, url: URL | string): unknown {
+/** How Deno words a CONNECT the proxy did not grant. */
+const TUNNEL_FAILURE =
+  /unsuccessful tunnel|while tunneling|proxy authentication required|headers too long for tunnel/i;
+
+const PROXY_HINT = "check HTTPS_PROXY/HTTP_PROXY/ALL_PROXY, or list the registry in NO_PROXY";
+
+/** A 407: the proxy wants credentials we did not give (or refused the ones we gave). */
+function proxyAuthError(proxy: ProxyInUse | undefined, url: URL): AuthError {
+  const who = proxy ? `proxy ${proxy.display}` : "a proxy";
+  return new AuthError(
+    `${who} ${
+      proxy?.authorization ? "refused the credentials in its URL" : "requires authentication"
+    } ` +
+      `(HTTP 407) for ${url.origin}`,
+    { hint: "give the proxy's credentials in its URL: HTTPS_PROXY=http://USER:PASSWORD@host:port" },
+  );
+}
+
+/** Longest wait for the status line of a CONNECT probe. */
+const TUNNEL_PROBE_MS = 5_000;
+
+/**
+ * Deno reports every refused CONNECT as "unsuccessful tunnel"; to say why, one CONNECT of our
+ * own asks the proxy for its status line (HTTP proxies only).
+ */
+export async function probeTunnel(
+  proxy: ProxyInUse,
+  target: URL,
+  signal?: AbortSignal,
+): Promise<number | undefined> {
+  if (proxy.protocol !== "http:") return undefined;
+  const port = target.port || (target.protocol === "https:" ? "443" : "80");
+  let conn: Deno.TcpConn | undefined;
+  const timer = new AbortController();
+  const timeout = setTimeout(() => timer.abort(), TUNNEL_PROBE_MS);
+  const stop = () => conn?.close();
+  const abort = signal ? AbortSignal.any([signal, timer.signal]) : timer.signal;
+  abort.addEventListener("abort", stop, { once: true });
+  try {
+    conn = await Deno.connect({ hostname: proxy.hostname, port: proxy.port });
+    const auth = proxy.authorization ? `Proxy-Authorization: ${proxy.authorization}\r\n` : "";
+    const host = `${target.hostname}:${port}`;
+    await conn.write(
+      new TextEncoder().encode(`CONNECT ${host} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n`),
+    );
+    const buffer = new Uint8Array(256);
+    let text = "";
+    while (!text.includes("\r\n")) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      text += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    const m = /^HTTP\/1\.[01] (\d{3})/.exec(text);
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    clearTimeout(timeout);
+    abort.removeEventListener("abort", stop);
+    try {
+      conn?.close();
+    } catch {
+      // Closed by an abort.
+    }
+  }
+}
+
+/** A CONNECT that the proxy refused, with the proxy's status when it tells it. */
+async function tunnelError(
+  e: unknown,
+  proxy: ProxyInUse,
+  url: URL,
+  signal?: AbortSignal,
+): Promise<unknown> {
+  if (signal?.aborted) return signal.reason;
+  const detail = describeCause(e);
+  const status = /authentication required/i.test(detail)
+    ? 407
+    : await probeTunnel(proxy, url, signal);
+  if (status === 407) return proxyAuthError(proxy, url);
+  const said = status === undefined ? detail : `HTTP ${status}`;
+  return new NetworkError(
+    `proxy ${proxy.display} did not open a tunnel to ${url.host}: ${said}`,
+    {
+      cause: e,
+      // A proxy that cannot reach the registry now may later (502, 503, 504); 403 stays.
+      retryable: status === undefined || status >= 500,
+      hint: PROXY_HINT,
+    },
+  );
+}
+
+/**
+ * Turns a thrown transport failure into a {@link NetworkError} (aborts pass through). With a
+ * `proxy` in the way, a failure to connect is the proxy's, and the message says so.
+ */
+export function toNetworkError(e: unknown, url: URL | string, proxy?: ProxyInUse): unknown {
   if (e instanceof ImgpullError) return e;
   if (e instanceof DOMException && (e.name === "AbortError" || e.name === "TimeoutError")) {
     return e;
   }
   const origin = typeof url === "string" ? url : url.origin;
   const detail = describeCause(e);
+  if (proxy && /tcp connect|dns error|connection refused|unreachable/i.test(detail)) {
+    return new NetworkError(`cannot reach proxy ${proxy.display} (for ${origin}): ${detail}`, {
+      cause: e,
+      hint: PROXY_HINT,
+    });
+  }
   const tls = /certificate|UnknownIssuer|CaUsedAsEndEntity|tls|handshake|InvalidContentType/i
     .test(detail);
-  return new NetworkError(`cannot reach ${origin}: ${detail}`, {
+  const via = proxy ? ` through proxy ${proxy.display}` : "";
+  return new NetworkError(`cannot reach ${origin}${via}: ${detail}`, {
     cause: e,
     // A certificate the client does not trust will not become trusted by retrying.
     retryable: !tls,

@@ -5,6 +5,11 @@
  * concurrent downloads, until it expires; a later 401 fetches a new token
  * once. Nothing here knows a realm in advance.
  *
+ * Credentials go only where the registry sends them: a challenge is answered
+ * only when it comes from the registry's own origin (not from a CDN a blob
+ * was redirected to), and never over plain HTTP to a token realm when the
+ * registry itself speaks HTTPS (a downgrade), unless `--plain-http`.
+ *
  * @module
  */
 import { AuthError, InvalidContentError } from "../errors.ts";
@@ -13,6 +18,7 @@ import { errorForResponse, readCapped, type Transport } from "../transport.ts";
 import { type Challenge, parseWwwAuthenticate } from "./challenge.ts";
 import type { Credential } from "./credentials.ts";
 import { registerSecret } from "../redact.ts";
+import { isLoopbackRegistry } from "../reference.ts";
 import { StallTimer } from "../retry.ts";
 
 const MAX_TOKEN_BODY = 1024 * 1024;
@@ -36,6 +42,8 @@ export interface AuthSessionOptions {
   signal?: AbortSignal;
   /** A token request that receives nothing for this long fails (default 30 s). */
   stallTimeoutMs?: number;
+  /** The user allowed plain HTTP (`--plain-http`): credentials may go to an http:// realm. */
+  plainHttp?: boolean;
 }
 
 /** Holds the current `Authorization` value for one registry repository. */
@@ -46,6 +54,8 @@ export class AuthSession {
   #challenge?: Challenge;
   #renewal?: Promise<void>;
   #credential?: Promise<Credential | undefined>;
+  /** Scheme the registry was reached with ("https:" until a challenge says otherwise). */
+  #registryProtocol = "https:";
 
   constructor(options: AuthSessionOptions) {
     this.#options = options;
@@ -63,8 +73,30 @@ export class AuthSession {
    * Reacts to a 401: parses its challenges and obtains a new `Authorization`.
    * `usedAuthorization` is what the failed request carried; if another
    * request renewed it meanwhile, the new value is simply reused.
+   * `registryBase` (`scheme://host[:port]`) is the registry's origin: a 401
+   * from anywhere else (a CDN reached through a redirect) is refused, since
+   * answering it would hand the user's credentials to whoever the registry
+   * redirected us to.
    */
-  async challenged(response: Response, usedAuthorization: string | undefined): Promise<void> {
+  async challenged(
+    response: Response,
+    usedAuthorization: string | undefined,
+    registryBase: string,
+  ): Promise<void> {
+    const registry = new URL(registryBase);
+    const from = parseUrl(response.url);
+    if (!from || from.origin !== registry.origin) {
+      await response.body?.cancel();
+      throw new AuthError(
+        `${from?.host ?? "an unknown host"} asks for authentication, but it is not the ` +
+          `registry ${this.#options.registry}: not sending credentials there`,
+        {
+          hint: "the registry redirected the request to another host; " +
+            "credentials are sent only to the registry and its token service",
+        },
+      );
+    }
+    this.#registryProtocol = registry.protocol;
     const header = response.headers.get("www-authenticate") ?? "";
     const challenges = parseWwwAuthenticate(header);
     const chosen = challenges.find((c) => c.scheme === "bearer") ??
@@ -143,6 +175,16 @@ export class AuthSession {
     }
   }
 
+  /**
+   * Whether credentials may travel in clear to `realm`: with `--plain-http`, or when the registry
+   * itself is plain HTTP and both are on loopback (nothing leaves the machine). Never as a
+   * downgrade from an HTTPS registry.
+   */
+  #plainAllowed(realm: URL): boolean {
+    if (this.#options.plainHttp) return true;
+    return this.#registryProtocol === "http:" && isLoopbackRegistry(realm.host);
+  }
+
   async #requestToken(
     challenge: Challenge,
     credential: Credential | undefined,
@@ -159,6 +201,20 @@ export class AuthSession {
     }
     if (realmUrl.protocol !== "https:" && realmUrl.protocol !== "http:") {
       throw new AuthError(`token realm ${realmUrl.origin} is not an HTTP(S) URL`);
+    }
+    if (
+      realmUrl.protocol === "http:" && sendsCredentials(credential) && !this.#plainAllowed(realmUrl)
+    ) {
+      throw new AuthError(
+        `refusing to send credentials for ${this.#options.registry} over plain HTTP to ` +
+          `token service ${realmUrl.host}`,
+        {
+          hint: this.#registryProtocol === "https:"
+            ? "the registry uses HTTPS but its token service is http://; " +
+              "pass --plain-http only if you trust the network"
+            : "pass --plain-http only if you trust the network",
+        },
+      );
     }
     const service = challenge.params.service;
     const scopes = new Set([`repository:${this.#options.repository}:pull`]);
@@ -224,6 +280,21 @@ export class AuthSession {
       ? parsed.expires_in
       : DEFAULT_TOKEN_SECONDS;
     return { token, lifetimeMs: seconds * 1000 };
+  }
+}
+
+/** Whether a token request with `credential` would carry a secret. */
+function sendsCredentials(credential: Credential | undefined): boolean {
+  return Boolean(
+    credential?.identityToken || (credential?.username && credential.password !== undefined),
+  );
+}
+
+function parseUrl(url: string): URL | undefined {
+  try {
+    return new URL(url);
+  } catch {
+    return undefined;
   }
 }
 
