@@ -8,9 +8,9 @@
 import type { EnvReader } from "./auth/credentials.ts";
 import { decompressLayer, sniffCompression } from "./compression.ts";
 import { DigestHasher } from "./digest.ts";
-import { InvalidContentError, UsageError } from "./errors.ts";
+import { ImgpullError, InterruptedError, InvalidContentError, UsageError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
-import { BlobStore, localIoError } from "./store.ts";
+import { BlobStore, localIoError, secureCacheDir } from "./store.ts";
 import { listTar, readTarEntry, type TarEntry } from "./tar_reader.ts";
 
 /**
@@ -42,9 +42,15 @@ export interface CacheInfo {
   partialBytes: number;
 }
 
+/**
+ * Regular files under `dir`, never following a symlink: `readDir` reports
+ * links as links, the starting directory is checked with `lstat`, and each
+ * file's details come from `lstat` too.
+ */
 async function* walkFiles(dir: string): AsyncGenerator<{ path: string; info: Deno.FileInfo }> {
   let entries: Deno.DirEntry[];
   try {
+    if (!(await Deno.lstat(dir)).isDirectory) return;
     entries = await Array.fromAsync(Deno.readDir(dir));
   } catch {
     return;
@@ -54,7 +60,8 @@ async function* walkFiles(dir: string): AsyncGenerator<{ path: string; info: Den
     if (entry.isDirectory) yield* walkFiles(path);
     else if (entry.isFile) {
       try {
-        yield { path, info: await Deno.stat(path) };
+        const info = await Deno.lstat(path);
+        if (info.isFile) yield { path, info };
       } catch { /* removed meanwhile */ }
     }
   }
@@ -62,6 +69,7 @@ async function* walkFiles(dir: string): AsyncGenerator<{ path: string; info: Den
 
 /** Counts blobs and partial downloads in the cache at `root`. */
 export async function cacheInfo(root: string): Promise<CacheInfo> {
+  await secureCacheDir(root, { create: false });
   const info: CacheInfo = { root, blobs: 0, blobBytes: 0, partials: 0, partialBytes: 0 };
   for await (const { info: file } of walkFiles(`${root}/blobs`)) {
     info.blobs++;
@@ -78,12 +86,14 @@ export async function cacheInfo(root: string): Promise<CacheInfo> {
 /**
  * Removes blobs (and partial downloads) not used for `olderThanMs`, or
  * everything when it is undefined. Blobs being downloaded by a running pull
- * (their lock is held) are left alone.
+ * (their lock is held) are left alone. A cache another user could tamper
+ * with is refused, and symlinks are never followed.
  */
 export async function pruneCache(
   root: string,
   olderThanMs?: number,
 ): Promise<{ removed: number; bytes: number }> {
+  await secureCacheDir(root, { create: false });
   const cutoff = olderThanMs === undefined ? Infinity : Date.now() - olderThanMs;
   let removed = 0, bytes = 0;
   for (const area of ["blobs", "partial", "diffids"]) {
@@ -107,8 +117,10 @@ export async function pruneCache(
 /** True when a running pull holds the lock of the partial blob at `partialPath`. */
 async function isLocked(root: string, partialPath: string): Promise<boolean> {
   const relative = partialPath.slice(`${root}/partial/`.length).replace(/\.json$/, "");
+  const lockPath = `${root}/locks/${relative}.lock`;
   try {
-    using file = await Deno.open(`${root}/locks/${relative}.lock`, { write: true });
+    if (!(await Deno.lstat(lockPath)).isFile) return false;
+    using file = await Deno.open(lockPath, { read: true });
     const free = await file.tryLock(true);
     return !free;
   } catch {
@@ -116,17 +128,34 @@ async function isLocked(root: string, partialPath: string): Promise<boolean> {
   }
 }
 
+/** Options of {@link importTar}. */
+export interface ImportOptions {
+  /** Stops the import (between members and during copies) with its reason. */
+  signal?: AbortSignal;
+}
+
+/** Throws the abort reason when it is an {@link ImgpullError}, else an {@link InterruptedError}. */
+function checkAborted(signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  throw signal.reason instanceof ImgpullError ? signal.reason : new InterruptedError();
+}
+
 /**
  * Fills the cache from a docker-archive (from `docker save` or imgpull):
  * every layer is stored by its own digest and recorded under its diff_id,
  * so a later pull of an image whose config lists that diff_id writes it
  * without downloading. The config is stored too. Returns the layers imported.
+ * A malformed tar is an {@link InvalidContentError}; an abort via
+ * `options.signal` rejects with the signal's reason.
  */
 export async function importTar(
   root: string,
   tarPath: string,
   onEvent: PullEventSink = () => {},
+  options: ImportOptions = {},
 ): Promise<{ layers: number; bytes: number }> {
+  const { signal } = options;
+  checkAborted(signal);
   const store = await BlobStore.open(root);
   let file: Deno.FsFile;
   try {
@@ -135,7 +164,7 @@ export async function importTar(
     throw localIoError(e, `cannot read ${tarPath}`);
   }
   try {
-    const entries = new Map((await listTar(file)).map((e) => [e.name, e]));
+    const entries = new Map((await listTar(file, { signal })).map((e) => [e.name, e]));
     const manifestEntry = entries.get("manifest.json");
     if (!manifestEntry) {
       throw new UsageError(`${tarPath} is not a docker-archive (no manifest.json)`);
@@ -154,14 +183,16 @@ export async function importTar(
         ...(Array.isArray(image.Layers) ? image.Layers : []),
       ];
       for (const name of names) {
+        checkAborted(signal);
         const entry = typeof name === "string" ? entries.get(name) : undefined;
         if (!entry || seen.has(entry.name)) continue;
         seen.add(entry.name);
         const isConfig = name === image.Config;
-        const digest = await copyIntoStore(store, file, entry);
+        const digest = await copyIntoStore(store, file, entry, signal);
         if (isConfig) continue;
         const path = store.blobPath(digest);
         const { diffId } = await decompressLayer(path, await sniffCompression(path));
+        checkAborted(signal);
         await store.recordDiffId(diffId, digest);
         layers++;
         bytes += entry.size;
@@ -182,15 +213,17 @@ async function copyIntoStore(
   store: BlobStore,
   file: Deno.FsFile,
   entry: TarEntry,
+  signal?: AbortSignal,
 ): Promise<string> {
   const temp = store.tempPath("import");
   const hasher = new DigestHasher("sha256");
   try {
-    using out = await Deno.open(temp, { write: true, createNew: true });
+    using out = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
     await file.seek(entry.offset, Deno.SeekMode.Start);
     const buffer = new Uint8Array(1024 * 1024);
     let left = entry.size;
     while (left > 0) {
+      checkAborted(signal);
       const n = await file.read(buffer.subarray(0, Math.min(buffer.byteLength, left)));
       if (n === null) throw new InvalidContentError(`truncated tar member ${entry.name}`);
       const chunk = buffer.subarray(0, n);
@@ -204,7 +237,7 @@ async function copyIntoStore(
     throw localIoError(e, `cannot import ${entry.name}`);
   }
   const digest = hasher.digest();
-  if (await store.size(digest) === entry.size) await Deno.remove(temp);
+  if (await store.use(digest) === entry.size) await Deno.remove(temp);
   else await store.commit(temp, digest);
   return digest;
 }

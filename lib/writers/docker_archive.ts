@@ -17,6 +17,15 @@
  * verified archive is renamed onto the destination; a failed pull leaves
  * the destination as it was.
  *
+ * The temporary file is `.<name>.<8 hex>.partial` and its process holds an
+ * exclusive `flock` on it until it is renamed or removed; the kernel drops
+ * the lock when the process dies, so the next pull to the same destination
+ * recognises and removes what a killed one left behind.
+ *
+ * Bytes copied in from the blob store are hashed on the way: a stored blob
+ * whose content no longer matches its digest never reaches the archive
+ * ({@link CacheEntryCorruptError}).
+ *
  * @example
  * ```ts
  * const archive = await ArchiveFile.create("nginx.tar", image);
@@ -30,9 +39,10 @@
  * ```
  * @module
  */
-import { parseDigest } from "../digest.ts";
+import { DigestHasher, parseDigest } from "../digest.ts";
+import { ImgpullError, IntegrityError, InterruptedError } from "../errors.ts";
 import type { Descriptor } from "../manifest.ts";
-import { localIoError } from "../store.ts";
+import { CacheEntryCorruptError, evictFile, localIoError } from "../store.ts";
 import { tarEntrySize, tarHeader } from "../tar.ts";
 
 /** One layer of the archive. */
@@ -144,29 +154,80 @@ async function writeAt(file: Deno.FsFile, offset: number, bytes: Uint8Array): Pr
   while (written < bytes.byteLength) written += await file.write(bytes.subarray(written));
 }
 
+/** Escapes `text` for use inside a regular expression. */
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** The directory and file name of `destination`. */
+function splitDestination(destination: string): { dir: string; base: string } {
+  const slash = destination.lastIndexOf("/");
+  return {
+    dir: slash >= 0 ? destination.slice(0, slash) || "/" : ".",
+    base: destination.slice(slash + 1),
+  };
+}
+
+/**
+ * Removes temporary archives for `destination` left by pulls that died
+ * (killed, crashed): those whose lock nobody holds. Returns how many.
+ */
+export async function removeAbandonedArchives(destination: string): Promise<number> {
+  const { dir, base } = splitDestination(destination);
+  const pattern = new RegExp(`^\\.${escapeRegExp(base)}\\.[0-9a-f]{8}\\.partial$`);
+  let names: string[];
+  try {
+    names = await Array.fromAsync(Deno.readDir(dir), (e) => e.isFile ? e.name : "");
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const name of names.filter((n) => pattern.test(n))) {
+    const path = `${dir}/${name}`;
+    try {
+      using file = await Deno.open(path, { read: true });
+      // Only a regular file (not a symlink swapped in) whose writer is gone.
+      if (!(await file.stat()).isFile || !(await file.tryLock(true))) continue;
+      await Deno.remove(path);
+      removed++;
+    } catch { /* in use, or removed meanwhile */ }
+  }
+  return removed;
+}
+
 /** A docker-archive being assembled in a temporary file beside its destination. */
 export class ArchiveFile {
   readonly #layers: Map<string, { offset: number; size: number }>;
+  /** The temporary file, open and flocked while this process works on it. */
+  readonly #holder: Deno.FsFile;
 
   private constructor(
     readonly destination: string,
     /** The temporary file; downloads write layer bytes straight into it. */
     readonly path: string,
     layers: Map<string, { offset: number; size: number }>,
+    holder: Deno.FsFile,
   ) {
     this.#layers = layers;
+    this.#holder = holder;
   }
 
-  /** Creates the temporary archive with every header and small member in place. */
+  /**
+   * Creates the temporary archive with every header and small member in
+   * place, after removing temporary archives of the same destination that a
+   * killed pull left behind.
+   */
   static async create(destination: string, image: ArchiveImage): Promise<ArchiveFile> {
-    const slash = destination.lastIndexOf("/");
-    const dir = slash >= 0 ? destination.slice(0, slash) || "/" : ".";
-    const base = destination.slice(slash + 1);
+    const { dir, base } = splitDestination(destination);
+    await removeAbandonedArchives(destination);
     const path = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
     const plan = planArchive(image);
     const layers = new Map<string, { offset: number; size: number }>();
+    let file: Deno.FsFile | undefined;
     try {
-      using file = await Deno.open(path, { write: true, createNew: true });
+      file = await Deno.open(path, { write: true, createNew: true });
+      // Held until commit or discard; the kernel releases it if we die.
+      await file.lock(true);
       // Sets the final size at once (sparse until the layers arrive; ends in zero blocks).
       await file.truncate(plan.size);
       for (const member of plan.members) {
@@ -177,10 +238,11 @@ export class ArchiveFile {
         }
       }
     } catch (e) {
-      await Deno.remove(path).catch(() => {});
+      closeQuietly(file);
+      if (file) await Deno.remove(path).catch(() => {});
       throw localIoError(e, `cannot write to ${dir}`);
     }
-    return new ArchiveFile(destination, path, layers);
+    return new ArchiveFile(destination, path, layers, file);
   }
 
   /** Where the bytes of layer `digest` go in the temporary file. */
@@ -194,45 +256,98 @@ export class ArchiveFile {
     return layer;
   }
 
-  /** Copies a stored (verified) layer into its place; its size must be the planned one. */
-  async copyIn(digest: string, sourcePath: string): Promise<void> {
+  /**
+   * Copies a stored blob into the place of layer `digest`, hashing every
+   * byte on the way. Nothing is ever written past the member's planned size.
+   *
+   * - The file's content does not hash to `digest`: the file is removed
+   *   (evicted from the store, unless another process replaced it meanwhile)
+   *   and a {@link CacheEntryCorruptError} is thrown, so that the caller can
+   *   download the blob again into the same place. A file that vanished
+   *   (pruned meanwhile) throws the same error.
+   * - The content is right but not the planned size: {@link IntegrityError}.
+   *
+   * After a good copy the file's modification time is refreshed: it records
+   * the blob's last use for `--cache-prune --older-than`.
+   */
+  async copyIn(
+    digest: string,
+    sourcePath: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<void> {
     const { offset, size } = this.#layer(digest);
-    let copied = 0;
+    const hasher = new DigestHasher(parseDigest(digest).algorithm);
+    let identity: { dev: number; ino: number | null } | undefined;
+    let actual = "";
     try {
       using source = await Deno.open(sourcePath, { read: true });
+      const info = await source.stat();
+      identity = { dev: info.dev, ino: info.ino };
       using out = await Deno.open(this.path, { write: true });
       await out.seek(offset, Deno.SeekMode.Start);
       const buffer = new Uint8Array(1024 * 1024);
       for (;;) {
+        if (options.signal?.aborted) {
+          const reason = options.signal.reason;
+          throw reason instanceof ImgpullError ? reason : new InterruptedError();
+        }
         const n = await source.read(buffer);
         if (n === null) break;
-        copied += n;
-        if (copied > size) break;
+        const chunk = buffer.subarray(0, n);
+        // Only what fits in the member is written; the rest is hashed, to tell corrupt from wrong.
+        const fits = Math.max(0, Math.min(n, size - hasher.length));
         let written = 0;
-        while (written < n) written += await out.write(buffer.subarray(written, n));
+        while (written < fits) written += await out.write(chunk.subarray(written, fits));
+        hasher.update(chunk);
+      }
+      actual = hasher.digest();
+      if (hasher.length === size && actual === digest) {
+        const now = new Date();
+        await source.utime(now, now).catch(() => {});
+        return;
       }
     } catch (e) {
+      if (e instanceof Deno.errors.NotFound && identity === undefined) {
+        throw new CacheEntryCorruptError(digest, `stored blob ${digest} disappeared`, { cause: e });
+      }
       throw localIoError(e, `cannot write ${this.destination}`);
     }
-    if (copied !== size) throw new Error(`${sourcePath} changed size while being archived`);
+    const copied = hasher.length;
+    if (actual === digest) {
+      throw new IntegrityError(
+        `blob ${digest} is ${copied} bytes, but the archive has room for ${size}`,
+      );
+    }
+    await evictFile(sourcePath, identity);
+    throw new CacheEntryCorruptError(
+      digest,
+      `stored blob ${digest} is damaged (its content has digest ${actual}); removed it`,
+    );
   }
 
   /** Flushes the archive and renames it onto the destination. */
   async commit(): Promise<void> {
     try {
-      using file = await Deno.open(this.path, { write: true });
-      await file.sync();
+      await this.#holder.sync();
       await Deno.rename(this.path, this.destination);
     } catch (e) {
       await this.discard();
       throw localIoError(e, `cannot write ${this.destination}`);
     }
+    closeQuietly(this.#holder);
   }
 
   /** Removes the temporary file (after a failure). */
   async discard(): Promise<void> {
     await Deno.remove(this.path).catch(() => {});
+    closeQuietly(this.#holder);
   }
+}
+
+function closeQuietly(file: Deno.FsFile | undefined): void {
+  try {
+    file?.close();
+  } catch { /* already closed */ }
 }
 
 /** Writes `image`, whose layers are all on disk, as a docker-archive at `destination`. */
