@@ -14,9 +14,11 @@ import {
   UsageError,
 } from "./lib/errors.ts";
 import { cacheInfo, defaultCacheDir, importTar, pruneCache } from "./lib/cache.ts";
+import type { PullEvent } from "./lib/events.ts";
 import { registerSecret } from "./lib/redact.ts";
 import { formatPlatform } from "./lib/platform.ts";
-import { listImagePlatforms, pull, requestedPlatform } from "./lib/pull.ts";
+import { listImagePlatforms, pull, repoTagFromName, requestedPlatform } from "./lib/pull.ts";
+import { parseReference } from "./lib/reference.ts";
 import { VERSION } from "./lib/version.ts";
 import { writeErr, writeOut } from "./cli/output.ts";
 import { humanBytes, ProgressRenderer } from "./cli/progress.ts";
@@ -26,11 +28,13 @@ const HELP = `imgpull ${VERSION}: pull a container image into a docker-archive w
 Usage: imgpull [options] [registry/][repository/]image[:tag|@digest]
 
 Options:
-  --platform OS/ARCH[/VARIANT]     platform to pull (default: DOCKER_DEFAULT_PLATFORM,
-                                   else linux/<host arch>)
+  --platform OS/ARCH[/VARIANT]     platform to pull, enforced (default: DOCKER_DEFAULT_PLATFORM,
+                                   else linux/<host arch>, preferred: a single-platform
+                                   image for another platform is pulled with a warning)
   --max-concurrent-downloads N     layers downloaded at once (default 3; 1 = sequential)
   -o, --output PATH                archive to write (default: <repository>.tar with "/"
                                    as "_", e.g. library_nginx.tar)
+  --tag NAME[:TAG]                 the name the archive loads as (default: the reference's)
   --list-platforms                 list the platforms of the image and exit
   --username USER                  registry user name
   --password PASS                  registry password (prefer --password-stdin)
@@ -68,6 +72,7 @@ const OPTIONS = {
   platform: { type: "string" },
   "max-concurrent-downloads": { type: "string" },
   output: { type: "string", short: "o" },
+  tag: { type: "string" },
   "list-platforms": { type: "boolean" },
   username: { type: "string", short: "u" },
   password: { type: "string", short: "p" },
@@ -179,7 +184,15 @@ export async function main(args: string[]): Promise<number> {
       writeOut(`imgpull ${VERSION}`);
       return ExitCode.ok;
     }
-    const renderer = new ProgressRenderer({ quiet: values.quiet ?? false, verbose });
+    const quiet = values.quiet ?? false;
+    const renderer = new ProgressRenderer({ quiet, verbose });
+    // Warnings are not progress: -q keeps them.
+    const onEvent = (event: PullEvent): void => {
+      if (event.type !== "warning") return renderer.handle(event);
+      const text = `[!] Warning: ${event.message}`;
+      if (quiet) writeErr(`${text}\n`);
+      else renderer.line(text);
+    };
     if (values["no-cache"] && values["cache-dir"]) {
       throw new UsageError("--no-cache and --cache-dir cannot be used together");
     }
@@ -245,7 +258,7 @@ export async function main(args: string[]): Promise<number> {
       caCertFiles: values["ca-cert"] ?? [],
       plainHttp: values["plain-http"] ?? false,
       env,
-      onEvent: renderer.handle,
+      onEvent,
       signal: abort.signal,
     };
     if (values["list-platforms"]) {
@@ -262,21 +275,21 @@ export async function main(args: string[]): Promise<number> {
     );
     const connections = parseCount(values.connections, "--connections", 1);
     const segmentMiB = parseCount(values["segment-size"], "--segment-size", 1);
-    const platform = requestedPlatform(values.platform, env);
+    // Everything the user typed is checked before anything is printed or fetched.
+    parseReference(reference);
+    if (values.tag !== undefined) repoTagFromName(values.tag);
+    const { platform, source } = requestedPlatform(values.platform, env);
     renderer.line(
       `[+] Pulling ${reference} for platform ${formatPlatform(platform)}` +
-        (values.platform
-          ? ""
-          : env.get("DOCKER_DEFAULT_PLATFORM")
-          ? " (from DOCKER_DEFAULT_PLATFORM)"
-          : " (host default)"),
+        (source === "flag" ? "" : ` (${source === "host" ? "host default" : `from ${source}`})`),
     );
     try {
       const result = await pull({
         ...connectOptions,
         reference,
-        platform: values.platform ?? formatPlatform(platform),
+        platform: values.platform,
         output: values.output,
+        tag: values.tag,
         maxConcurrentDownloads: concurrency,
         connections,
         maxSegmentBytes: segmentMiB === undefined ? undefined : segmentMiB * 1024 * 1024,

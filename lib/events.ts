@@ -16,6 +16,8 @@ export type PullEvent =
   | { type: "blob-done"; digest: string; size: number; reused: boolean }
   /** A notable fact: a layer converted, a foreign layer skipped, a fallback taken. */
   | { type: "notice"; message: string }
+  /** Something the user should know even with --quiet: the pull goes on, but not as asked. */
+  | { type: "warning"; message: string }
   /** Detail for --verbose. Never contains secrets. */
   | { type: "debug"; message: string };
 

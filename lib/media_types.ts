@@ -61,3 +61,47 @@ export function isForeignLayer(mediaType: string): boolean {
 export function isIndexType(mediaType: string | undefined): boolean {
   return mediaType === MediaType.ociIndex || mediaType === MediaType.dockerManifestList;
 }
+
+/** Config and layer media types of well-known artifacts, with the names users know them by. */
+const ARTIFACT_NAMES: Record<string, string> = {
+  "application/vnd.cncf.helm.config.v1+json": "Helm chart",
+  "application/vnd.cncf.helm.chart.content.v1.tar+gzip": "Helm chart",
+  "application/vnd.dev.cosign.simplesigning.v1+json": "cosign signature",
+  "application/vnd.dev.cosign.artifact.sig.v1+json": "cosign signature",
+  "application/vnd.dev.sigstore.bundle.v0.3+json": "sigstore bundle",
+  "application/vnd.in-toto+json": "in-toto attestation",
+  "application/vnd.cyclonedx+json": "CycloneDX SBOM",
+  "application/spdx+json": "SPDX SBOM",
+  "application/vnd.wasm.config.v0+json": "WebAssembly module",
+  "application/vnd.oci.empty.v1+json": "OCI artifact",
+};
+
+/**
+ * What kind of artifact a manifest describes, or undefined for a container image. Decided from
+ * media types alone (the manifest's `artifactType`, its config's and its layers'), so that
+ * artifacts are refused before their config is parsed or any layer fetched.
+ *
+ * @example
+ * ```ts
+ * artifactKind({ config: { mediaType: "application/vnd.cncf.helm.config.v1+json" }, layers: [] });
+ * // "Helm chart"
+ * artifactKind({ config: { mediaType: MediaType.ociConfig }, layers: [] }); // undefined
+ * ```
+ */
+export function artifactKind(manifest: {
+  artifactType?: string;
+  config: { mediaType: string };
+  layers: readonly { mediaType: string }[];
+}): string | undefined {
+  const configType = manifest.config.mediaType;
+  const named = (type: string | undefined) => type ? ARTIFACT_NAMES[type] : undefined;
+  const layerName = manifest.layers.map((l) => named(l.mediaType)).find((n) => n);
+  if (manifest.artifactType) {
+    const name = named(manifest.artifactType) ?? layerName ?? "OCI artifact";
+    return `${name}, artifactType ${manifest.artifactType}`;
+  }
+  const imageConfig = configType === "" || configType === MediaType.ociConfig ||
+    configType === MediaType.dockerConfig;
+  if (imageConfig) return layerName;
+  return named(configType) ?? layerName ?? `artifact with config ${configType}`;
+}

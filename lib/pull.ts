@@ -29,10 +29,16 @@ import {
 import type { Descriptor } from "./manifest.ts";
 import { schema1Config } from "./manifest.ts";
 import { isForeignLayer, layerCompression, MediaType } from "./media_types.ts";
-import { formatPlatform, hostPlatform, parsePlatform, type Platform } from "./platform.ts";
-import { familiarName, parseReference, type Reference } from "./reference.ts";
+import { formatPlatform, hostPlatform, parsePlatform } from "./platform.ts";
+import { familiarName, isLoopbackRegistry, parseReference, type Reference } from "./reference.ts";
 import { RegistryClient } from "./registry.ts";
-import { listPlatforms, type PlatformEntry, type ResolvedImage, resolveImage } from "./resolve.ts";
+import {
+  listPlatforms,
+  type PlatformEntry,
+  type PlatformRequest,
+  type ResolvedImage,
+  resolveImage,
+} from "./resolve.ts";
 import { Semaphore } from "./semaphore.ts";
 import { BlobStore, localIoError } from "./store.ts";
 import { registryTls } from "./tls.ts";
@@ -64,10 +70,15 @@ export interface ConnectOptions {
 /** What to pull and where. */
 export interface PullOptions extends ConnectOptions {
   reference: string;
-  /** `os/arch[/variant]`; default: the host's, as Docker picks it. */
+  /**
+   * `os/arch[/variant]` (enforced); default `DOCKER_DEFAULT_PLATFORM` from `env` (enforced),
+   * else the host's, as Docker picks it (a preference: see {@link PlatformRequest}).
+   */
   platform?: string;
   /** Archive path; default {@link defaultOutputName}. */
   output?: string;
+  /** `--tag NAME[:TAG]`: the name the archive loads as; default the reference's. */
+  tag?: string;
   /** Layers downloaded at once (default 3). */
   maxConcurrentDownloads?: number;
   /** HTTP requests streaming blob data at once, across all layers (default 16). */
@@ -110,20 +121,69 @@ export function defaultOutputName(ref: Reference): string {
  * The `RepoTags` entry: the familiar name with the tag (`nginx:latest`,
  * `quay.io/org/app:v1`). A pull by digest alone has no tag, so the tag is
  * `sha256-<full hex>` (as cosign names digests): valid, and the digest can
- * be read back from it.
+ * be read back from it. An IPv6 registry gets a name loaders accept (see
+ * {@link loadableRegistry}).
  */
 export function repoTagFor(ref: Reference): string {
   const tag = ref.tag ?? `${ref.digest!.replace(":", "-")}`;
-  return `${familiarName(ref)}:${tag}`;
+  const registry = loadableRegistry(ref.registry);
+  const name = registry === ref.registry ? familiarName(ref) : `${registry}/${ref.repository}`;
+  return `${name}:${tag}`;
 }
 
-/** The platform to pull: the flag, else `DOCKER_DEFAULT_PLATFORM`, else `linux/<host arch>`. */
-export function requestedPlatform(flag: string | undefined, env?: EnvReader): Platform {
-  if (flag !== undefined) return parsePlatform(flag);
-  return hostPlatform({
-    DOCKER_DEFAULT_PLATFORM: env?.get("DOCKER_DEFAULT_PLATFORM"),
-    arch: Deno.build.arch,
-  });
+/**
+ * docker 20.10, podman 4.3 and containerd 1.6 refuse a bracketed IPv6 host in an image name
+ * (`invalid reference format`). `[::1]:PORT` is tagged as `localhost:PORT` (the same
+ * registry); any other IPv6 address as `ipv6-<address with "-" for ":">[:PORT]`, a host name
+ * that cannot collide with a real one. Other registries are kept as they are.
+ *
+ * @example
+ * ```ts
+ * loadableRegistry("[::1]:5000"); // "localhost:5000"
+ * loadableRegistry("[fd00::7]:5000"); // "ipv6-fd00--7:5000"
+ * ```
+ */
+export function loadableRegistry(registry: string): string {
+  if (!registry.startsWith("[")) return registry;
+  const close = registry.indexOf("]");
+  const address = registry.slice(1, close);
+  const port = registry.slice(close + 1);
+  if (isLoopbackRegistry(registry)) return `localhost${port}`;
+  return `ipv6-${address.replaceAll(":", "-").replaceAll(".", "-")}${port}`;
+}
+
+/**
+ * `--tag NAME[:TAG]`: the RepoTags entry the user chose (the tag defaults to `latest`).
+ * A digest has no place in a tag.
+ */
+export function repoTagFromName(name: string): string {
+  let ref: Reference;
+  try {
+    ref = parseReference(name);
+  } catch (e) {
+    throw new UsageError(`invalid --tag ${JSON.stringify(name)}`, { cause: e });
+  }
+  if (ref.digest) throw new UsageError(`--tag takes NAME[:TAG], not a digest (${name})`);
+  return repoTagFor({ ...ref, tag: ref.tag ?? "latest" });
+}
+
+/** Where the platform to pull came from. */
+export type PlatformSource = "flag" | "DOCKER_DEFAULT_PLATFORM" | "host";
+
+/**
+ * The platform to pull: the flag, else `DOCKER_DEFAULT_PLATFORM`, else `linux/<host arch>`.
+ * The first two are the user's request and are enforced; the host default is a preference.
+ */
+export function requestedPlatform(
+  flag: string | undefined,
+  env?: EnvReader,
+): PlatformRequest & { source: PlatformSource } {
+  if (flag !== undefined) return { platform: parsePlatform(flag), enforced: true, source: "flag" };
+  const fromEnv = env?.get("DOCKER_DEFAULT_PLATFORM");
+  const platform = hostPlatform({ DOCKER_DEFAULT_PLATFORM: fromEnv, arch: Deno.build.arch });
+  return fromEnv?.trim()
+    ? { platform, enforced: true, source: "DOCKER_DEFAULT_PLATFORM" }
+    : { platform, enforced: false, source: "host" };
 }
 
 /** Opens a registry client for `ref`, with TLS settings and credentials, and pings it. */
@@ -203,6 +263,7 @@ async function checkDestination(output: string): Promise<string> {
 export async function pull(options: PullOptions): Promise<PullResult> {
   const ref = parseReference(options.reference);
   const platform = requestedPlatform(options.platform, options.env);
+  const repoTags = [options.tag ? repoTagFromName(options.tag) : repoTagFor(ref)];
   const concurrency = options.maxConcurrentDownloads ?? 3;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new UsageError(`--max-concurrent-downloads must be a positive integer`);
@@ -210,6 +271,13 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   const output = options.output ?? defaultOutputName(ref);
   const outputDir = await checkDestination(output);
   const onEvent = options.onEvent ?? (() => {});
+  if (!options.tag && loadableRegistry(ref.registry) !== ref.registry) {
+    onEvent({
+      type: "notice",
+      message: `docker, podman and containerd cannot load a name with an IPv6 address; ` +
+        `the image is tagged ${repoTags[0]} (choose another name with --tag)`,
+    });
+  }
 
   // One signal for everything: the caller's, or ours when a sibling download fails.
   const failure = new AbortController();
@@ -240,7 +308,6 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       signal,
       failure,
     };
-    const repoTags = [repoTagFor(ref)];
     const image = resolved.kind === "image"
       ? await pullImageLayers(run, resolved, output, repoTags)
       : await pullSchema1Layers(run, resolved, output, repoTags);
@@ -351,16 +418,21 @@ async function pullImageLayers(
       });
       archived.foreignSource = { diffId, descriptor: foreignDescriptor(layer) };
     }
-    if (await store.size(layer.digest) === layer.size) {
+    // zstd layers are archived uncompressed, whatever the cache holds (see convertZstdLayer).
+    const zstd = layerCompression(layer.mediaType) === "zstd";
+    if (!zstd && await store.size(layer.digest) === layer.size) {
       return { ...archived, path: store.blobPath(layer.digest) };
     }
-    // A layer with the same content, e.g. from --import-tar, needs no download.
+    // A layer with the same content, e.g. from --import-tar or an earlier zstd conversion,
+    // needs no download.
     const same = await store.blobForDiffId(diffId);
-    if (same) {
-      onEvent({
-        type: "notice",
-        message: `Layer ${shortDigest(layer.digest)} found in the cache by its diff_id`,
-      });
+    if (same && !(zstd && same.digest === layer.digest)) {
+      if (!zstd) {
+        onEvent({
+          type: "notice",
+          message: `Layer ${shortDigest(layer.digest)} found in the cache by its diff_id`,
+        });
+      }
       return {
         ...archived,
         digest: same.digest,
@@ -375,8 +447,13 @@ async function pullImageLayers(
     .filter(({ layer, index }) =>
       layerCompression(layer.mediaType) === "zstd" && layers[index].path === undefined
     );
+  // Converted in this run: their blob-done was reported by the download.
+  const converted = new Set<string>();
   await runAll(run, zstd, async ({ layer, index }) => {
-    const { path } = await downloadBlob(run.client, layer, store, downloadOptions(run, index));
+    const cached = await store.size(layer.digest) === layer.size;
+    const path = cached
+      ? store.blobPath(layer.digest)
+      : (await downloadBlob(run.client, layer, store, downloadOptions(run, index))).path;
     layers[index] = await convertZstdLayer(
       layers[index],
       path!,
@@ -384,6 +461,7 @@ async function pullImageLayers(
       store,
       onEvent,
     );
+    if (!cached) converted.add(layers[index].digest);
   });
 
   const archive = await ArchiveFile.create(output, {
@@ -397,7 +475,9 @@ async function pullImageLayers(
     const distinct = [...new Map(layers.map((l, index) => [l.digest, { l, index }])).values()];
     await runAll(run, distinct, async ({ l, index }) => {
       if (l.path) {
-        onEvent({ type: "blob-done", digest: l.digest, size: l.size, reused: true });
+        if (!converted.has(l.digest)) {
+          onEvent({ type: "blob-done", digest: l.digest, size: l.size, reused: true });
+        }
         await archive.copyIn(l.digest, l.path);
         return;
       }

@@ -66,6 +66,11 @@ export interface Reference {
   digest?: string;
 }
 
+// A registry written as a bare IPv6 address (`::1:5000/app`): at least two colons before the
+// first slash and nothing but hex digits, colons and dots. The last group is taken as the port
+// when it looks like one (the usual intent), for the hint only.
+const UNBRACKETED_IPV6 = /^([0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]*?)(?::([0-9]{2,5}))?(?=\/)/i;
+
 // One path component: alphanumeric runs joined by ".", "_", "__" or dashes. distribution
 // writes the dash separator as `[-]*`; `-+` matches the same language without the
 // catastrophic backtracking an empty-matching separator causes in a backtracking engine.
@@ -118,6 +123,16 @@ export function parseReference(input: string): Reference {
   if (SCHEME.test(input)) {
     const rest = input.replace(SCHEME, "");
     throw invalid(input, "a reference has no scheme", `write it without the scheme: ${rest}`);
+  }
+  const unbracketed = UNBRACKETED_IPV6.exec(input);
+  if (unbracketed) {
+    const [, address, port = ""] = unbracketed;
+    const rest = input.slice(unbracketed[0].length);
+    throw invalid(
+      input,
+      "invalid registry: an IPv6 address must be in brackets",
+      `write [${address}]${port ? `:${port}` : ""}${rest}`,
+    );
   }
   if (IMAGE_ID.test(input)) {
     throw invalid(

@@ -30,6 +30,7 @@ import {
   type Platform,
   selectPlatform,
 } from "./platform.ts";
+import { artifactKind, isIndexType } from "./media_types.ts";
 import type { FetchedManifest, RegistryClient } from "./registry.ts";
 import type { BlobStore } from "./store.ts";
 import { readCapped } from "./transport.ts";
@@ -126,7 +127,7 @@ function isAttestation(entry: Descriptor): boolean {
     entry.annotations?.["vnd.docker.reference.type"] === "attestation-manifest";
 }
 
-/** The platforms an index offers, attestations left out. */
+/** The platforms an index offers, attestations left out (one level; see {@link listPlatforms}). */
 export function indexPlatforms(index: IndexManifest): PlatformEntry[] {
   return index.manifests.filter((m) => !isAttestation(m)).map((m) => ({
     platform: m.platform ? formatPlatform(m.platform) : "unknown",
@@ -144,13 +145,74 @@ export function fetchTopManifest(
   return fetchManifest(client, ref.digest ?? ref.tag ?? "latest", ref.digest);
 }
 
-/** Lists an image's platforms (one entry for a single-platform image). */
+/** An image manifest an index leads to, with the platform it was found for. */
+interface IndexLeaf {
+  descriptor: Descriptor;
+  /** From the index entry, or (entries without one) from the image's own config. */
+  platform?: Platform;
+  /** Already fetched and verified (entries without a platform are looked at). */
+  fetched?: { manifest: Manifest; digest: string };
+}
+
+/**
+ * Walks an index down to its image manifests: nested indexes (an index entry that is itself
+ * an index, as containerd and some mirrors write them) are fetched, verified by digest and
+ * walked, at most {@link MAX_INDEX_DEPTH} deep. Attestations are left out. Entries without a
+ * platform are fetched to read it from their config; artifacts (signatures, charts) among
+ * them are left out.
+ */
+async function indexLeaves(
+  client: RegistryClient,
+  index: IndexManifest,
+  seen: Set<string>,
+  depth = 1,
+): Promise<IndexLeaf[]> {
+  if (depth > MAX_INDEX_DEPTH) {
+    throw new InvalidContentError(`image index nests deeper than ${MAX_INDEX_DEPTH} levels`);
+  }
+  const groups = await Promise.all(index.manifests.map(async (entry): Promise<IndexLeaf[]> => {
+    if (isAttestation(entry)) return [];
+    if (seen.has(entry.digest)) {
+      throw new InvalidContentError(`image index refers to itself (${entry.digest})`);
+    }
+    if (entry.platform && !isIndexType(entry.mediaType)) {
+      return [{ descriptor: entry, platform: entry.platform }];
+    }
+    const fetched = await fetchManifest(client, entry.digest, entry);
+    const manifest = fetched.manifest;
+    if (manifest.kind === "index") {
+      return await indexLeaves(client, manifest, new Set([...seen, entry.digest]), depth + 1);
+    }
+    if (entry.platform) return [{ descriptor: entry, platform: entry.platform, fetched }];
+    if (manifest.kind === "schema1") {
+      const platform = { os: "linux", architecture: manifest.architecture };
+      return [{ descriptor: entry, platform, fetched }];
+    }
+    if (artifactKind(manifest)) return [];
+    const { config } = await fetchConfig(client, manifest);
+    return [{ descriptor: entry, platform: platformOf(config), fetched }];
+  }));
+  return groups.flat();
+}
+
+/**
+ * Lists an image's platforms (one entry for a single-platform image). Nested indexes are
+ * walked; an index that lists nothing is invalid content.
+ */
 export async function listPlatforms(
   client: RegistryClient,
   ref: Reference,
 ): Promise<PlatformEntry[]> {
   const top = await fetchTopManifest(client, ref);
-  if (top.manifest.kind === "index") return indexPlatforms(top.manifest);
+  if (top.manifest.kind === "index") {
+    const leaves = await indexLeaves(client, top.manifest, new Set([top.digest]));
+    if (leaves.length === 0) throw emptyIndex(top.manifest);
+    return leaves.map((leaf) => ({
+      platform: leaf.platform ? formatPlatform(leaf.platform) : "unknown",
+      digest: leaf.descriptor.digest,
+      mediaType: leaf.descriptor.mediaType,
+    }));
+  }
   if (top.manifest.kind === "schema1") {
     return [{
       platform: `linux/${top.manifest.architecture}`,
@@ -158,6 +220,7 @@ export async function listPlatforms(
       mediaType: top.manifest.mediaType,
     }];
   }
+  refuseArtifact(top.manifest, ref);
   const { config } = await fetchConfig(client, top.manifest);
   return [{
     platform: configPlatformText(config),
@@ -166,47 +229,63 @@ export async function listPlatforms(
   }];
 }
 
-/** Resolves `ref` to the image for `platform`. */
+function emptyIndex(index: IndexManifest): InvalidContentError {
+  return new InvalidContentError(
+    index.manifests.length === 0
+      ? "the image index is empty: it lists no manifests"
+      : "the image index lists no image manifests (only attestations or artifacts)",
+  );
+}
+
+/** How the platform to pull was chosen. */
+export interface PlatformRequest {
+  platform: Platform;
+  /**
+   * True when the user asked for it (`--platform`, `DOCKER_DEFAULT_PLATFORM`): a
+   * single-platform image for another platform is then refused. The host default is only a
+   * preference: it chooses in an index, and a mismatch elsewhere is a warning.
+   */
+  enforced: boolean;
+}
+
+/** Resolves `ref` to the image for the requested platform. */
 export async function resolveImage(
   client: RegistryClient,
   ref: Reference,
-  platform: Platform,
+  request: PlatformRequest,
   onEvent: PullEventSink = () => {},
   store?: BlobStore,
 ): Promise<ResolvedImage> {
+  const { platform } = request;
   const requested = formatPlatform(platform);
   let current = await fetchTopManifest(client, ref);
   let chosenPlatform: string | undefined;
   let exact = true;
-  const seen = new Set<string>([current.digest]);
-  for (let depth = 0; current.manifest.kind === "index"; depth++) {
-    if (depth >= MAX_INDEX_DEPTH) {
-      throw new InvalidContentError(`image index nests deeper than ${MAX_INDEX_DEPTH} levels`);
-    }
-    const entries = current.manifest.manifests.filter((m) => !isAttestation(m));
-    const match = selectPlatform(platform, entries.map((m) => m.platform));
+  if (current.manifest.kind === "index") {
+    const leaves = await indexLeaves(client, current.manifest, new Set([current.digest]));
+    if (leaves.length === 0) throw emptyIndex(current.manifest);
+    const match = selectPlatform(platform, leaves.map((leaf) => leaf.platform));
     if (!match) {
       throw new PlatformNotFoundError(
         requested,
-        indexPlatforms(current.manifest).map((p) => p.platform),
+        leaves.map((leaf) => leaf.platform ? formatPlatform(leaf.platform) : "unknown"),
       );
     }
-    const entry = entries[match.index];
-    if (seen.has(entry.digest)) {
-      throw new InvalidContentError(`image index refers to itself (${entry.digest})`);
+    const leaf = leaves[match.index];
+    chosenPlatform = formatPlatform(leaf.platform!);
+    exact = match.exact;
+    const digest = leaf.descriptor.digest;
+    onEvent({ type: "platform", requested, chosen: chosenPlatform, exact, digest });
+    current = leaf.fetched ?? await fetchManifest(client, digest, leaf.descriptor);
+    if (current.manifest.kind === "index") {
+      throw new InvalidContentError(`manifest ${digest} is an index where an image was listed`);
     }
-    seen.add(entry.digest);
-    chosenPlatform = formatPlatform(entry.platform!);
-    exact &&= match.exact;
-    onEvent({ type: "platform", requested, chosen: chosenPlatform, exact, digest: entry.digest });
-    current = await fetchManifest(client, entry.digest, entry);
   }
   const manifest = current.manifest;
   if (manifest.kind === "schema1") {
     const actual = normalizePlatform({ os: "linux", architecture: manifest.architecture });
-    checkSinglePlatform(platform, actual, chosenPlatform);
     const display = chosenPlatform ?? formatPlatform(actual);
-    if (!chosenPlatform) onEvent({ type: "platform", requested, chosen: display, exact: true });
+    if (!chosenPlatform) checkSinglePlatform(request, actual, onEvent);
     return {
       kind: "schema1",
       manifest,
@@ -215,11 +294,9 @@ export async function resolveImage(
       manifestDigest: current.digest,
     };
   }
+  refuseArtifact(manifest, ref);
   const { config, configBytes } = await fetchConfig(client, manifest, store);
-  if (!chosenPlatform) {
-    checkSinglePlatform(platform, config, undefined);
-    onEvent({ type: "platform", requested, chosen: configPlatformText(config), exact: true });
-  }
+  if (!chosenPlatform) checkSinglePlatform(request, platformOf(config), onEvent);
   return {
     kind: "image",
     manifest,
@@ -231,6 +308,27 @@ export async function resolveImage(
   };
 }
 
+/**
+ * Artifacts stored in registries (Helm charts, signatures, SBOMs) are not images: refused from
+ * their media types, before their config is read or any layer fetched.
+ */
+function refuseArtifact(manifest: ImageManifest, ref: Reference): void {
+  const kind = artifactKind(manifest);
+  if (!kind) return;
+  const name = ref.digest ? `${ref.repository}@${ref.digest}` : `${ref.repository}:${ref.tag}`;
+  throw new InvalidContentError(`${name} is not a container image (${kind})`, {
+    hint: "imgpull pulls images; artifacts can be copied with oras or skopeo",
+  });
+}
+
+function platformOf(config: ImageConfig): Platform {
+  return {
+    os: config.os,
+    architecture: config.architecture,
+    ...(config.variant ? { variant: config.variant } : {}),
+  };
+}
+
 function configPlatformText(config: ImageConfig): string {
   return formatPlatform({
     os: config.os,
@@ -239,17 +337,28 @@ function configPlatformText(config: ImageConfig): string {
   });
 }
 
-/** A single-platform image must match the request exactly (after normalisation). */
+/**
+ * A single-platform image (or a pull by a platform manifest's digest) must match a platform the
+ * user asked for; against the host default, a mismatch is a warning and the pull goes on, as
+ * `docker pull` does.
+ */
 function checkSinglePlatform(
-  requested: Platform,
+  request: PlatformRequest,
   actual: Platform,
-  chosenFromIndex: string | undefined,
+  onEvent: PullEventSink,
 ): void {
-  if (chosenFromIndex) return;
-  const match = selectPlatform(requested, [actual]);
+  const requested = formatPlatform(request.platform);
+  const match = selectPlatform(request.platform, [actual]);
+  const chosen = formatPlatform(actual);
   if (!match?.exact) {
-    throw new PlatformMismatchError(formatPlatform(requested), formatPlatform(actual));
+    if (request.enforced) throw new PlatformMismatchError(requested, chosen);
+    onEvent({
+      type: "warning",
+      message: `the image is for ${chosen}, not the host's ${requested}; pulling it anyway ` +
+        `(give --platform to insist on one)`,
+    });
   }
+  onEvent({ type: "platform", requested, chosen, exact: true });
 }
 
 /** Fetches and verifies an image config, and reads the fields we need. */

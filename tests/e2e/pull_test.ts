@@ -482,7 +482,7 @@ Deno.test("e2e: imgpull against real registries, proven by docker and podman", a
       await pullFails(
         env,
         "e-plat",
-        [`${H}/fixtures/app:v1`, "--platform", "linux"],
+        [`${H}/fixtures/app:v1`, "--platform", "linux/arm64/v8/extra"],
         2,
         /invalid platform/,
       );
