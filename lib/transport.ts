@@ -280,7 +280,11 @@ export class Transport {
 
   async #send(url: URL, init: RequestInit): Promise<Response> {
     try {
-      return await fetch(url, { ...init, client: this.#client, redirect: "manual" });
+      const response = await fetch(url, { ...init, client: this.#client, redirect: "manual" });
+      // A plain-HTTP request goes to the proxy itself, whose own errors look like the registry's.
+      const proxy = url.protocol === "http:" ? this.proxyFor(url) : undefined;
+      if (proxy) forwardedBy.set(response, proxy);
+      return response;
     } catch (e) {
       const proxy = this.proxyFor(url);
       if (proxy && TUNNEL_FAILURE.test(describeCause(e))) {
@@ -295,6 +299,9 @@ export class Transport {
     this.#client.close();
   }
 }
+
+/** Responses to plain-HTTP requests sent through a (forwarding) proxy, for error messages. */
+const forwardedBy = new WeakMap<Response, ProxyInUse>();
 
 /** How Deno words a CONNECT the proxy did not grant. */
 const TUNNEL_FAILURE =
@@ -375,7 +382,8 @@ async function tunnelError(
   const status = /authentication required/i.test(detail)
     ? 407
     : await probeTunnel(proxy, url, signal);
-  if (status === 407) return proxyAuthError(proxy, url);
+  // Any answer to CONNECT is the proxy's own; tinyproxy answers wrong credentials with 401.
+  if (status === 407 || status === 401) return proxyAuthError(proxy, url);
   const said = status === undefined ? detail : `HTTP ${status}`;
   return new NetworkError(
     `proxy ${proxy.display} did not open a tunnel to ${url.host}: ${said}`,
@@ -400,7 +408,8 @@ export function toNetworkError(e: unknown, url: URL | string, proxy?: ProxyInUse
   const origin = typeof url === "string" ? url : url.origin;
   const detail = describeCause(e);
   if (proxy && /tcp connect|dns error|connection refused|unreachable/i.test(detail)) {
-    return new NetworkError(`cannot reach proxy ${proxy.display} (for ${origin}): ${detail}`, {
+    const why = detail.replace(/^error sending request for url \([^)]*\): /, "");
+    return new NetworkError(`cannot reach proxy ${proxy.display} (for ${origin}): ${why}`, {
       cause: e,
       hint: PROXY_HINT,
     });
@@ -533,7 +542,9 @@ export function parseRetryAfter(value: string | null, now = Date.now()): number 
 export async function errorForResponse(response: Response, what: string): Promise<ImgpullError> {
   const status = response.status;
   const body = await readRegistryError(response);
-  const said = body.message ? `: ${body.message}` : body.code ? `: ${body.code}` : "";
+  const proxy = forwardedBy.get(response);
+  const via = proxy ? ` (through proxy ${proxy.display})` : "";
+  const said = (body.message ? `: ${body.message}` : body.code ? `: ${body.code}` : "") + via;
   if (status === 401) {
     return new AuthError(`unauthorized to access ${what}${said}`, {
       hint: "log in with --username/--password-stdin or docker login; " +
@@ -555,7 +566,9 @@ export async function errorForResponse(response: Response, what: string): Promis
     });
   }
   const retryable = status === 408 || status >= 500;
-  return new NetworkError(`registry answered HTTP ${status} for ${what}${said}`, {
+  // Through a forwarding proxy the answer may be the proxy's own (it could not connect).
+  const answered = proxy ? `HTTP ${status}` : `registry answered HTTP ${status}`;
+  return new NetworkError(`${answered} for ${what}${said}`, {
     status,
     retryable,
     retryAfterMs: parseRetryAfter(response.headers.get("retry-after")),
