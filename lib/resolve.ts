@@ -371,10 +371,13 @@ export async function fetchConfig(
   if (descriptor.size > MAX_CONFIG_BYTES) {
     throw new InvalidContentError(`image config is ${descriptor.size} bytes, too large`);
   }
-  // A config in the store was verified when it was stored.
+  // A config in the store is hashed again: a cache entry may have rotted or been changed since
+  // it was verified; a damaged one is fetched again (and replaced).
   const stored = async () => {
     if (await store?.size(descriptor.digest) !== descriptor.size) return undefined;
     const configBytes = await Deno.readFile(store!.blobPath(descriptor.digest));
+    const algorithm = parseDigest(descriptor.digest).algorithm;
+    if (digestOf(configBytes, algorithm) !== descriptor.digest) return undefined;
     return { config: parseImageConfig(configBytes, manifest.layers.length), configBytes };
   };
   const cached = await stored();
