@@ -102,9 +102,13 @@ export interface ProxyInUse {
   authorization?: string;
 }
 
-function firstSet(env: EnvLookup, upper: string, lower: string): string | undefined {
+/** Deno takes the upper-case variable when it parses, else the lower-case one. */
+function fromPair(env: EnvLookup, upper: string, lower: string): ProxyInUse | undefined {
   const value = env(upper);
-  return value !== undefined && value !== "" ? value : env(lower) || undefined;
+  const parsed = value ? parseProxy(value) : undefined;
+  if (parsed) return parsed;
+  const low = env(lower);
+  return low ? parseProxy(low) : undefined;
 }
 
 /** Parses a proxy variable as Deno does: no scheme means http; `user` alone is not valid. */
@@ -184,15 +188,12 @@ function bypassed(noProxy: string, hostname: string): boolean {
 export function proxyFor(url: URL, env: EnvLookup = readEnvIfAllowed): ProxyInUse | undefined {
   const noProxy = env("NO_PROXY") ?? env("no_proxy");
   if (noProxy && bypassed(noProxy, url.hostname)) return undefined;
-  const candidates = [firstSet(env, "ALL_PROXY", "all_proxy")];
-  if (url.protocol === "https:") candidates.push(firstSet(env, "HTTPS_PROXY", "https_proxy"));
+  const all = fromPair(env, "ALL_PROXY", "all_proxy");
+  if (all) return all;
+  if (url.protocol === "https:") return fromPair(env, "HTTPS_PROXY", "https_proxy");
   // Deno ignores HTTP_PROXY in a CGI context, where it could come from a request header.
   if (url.protocol === "http:" && env("REQUEST_METHOD") === undefined) {
-    candidates.push(firstSet(env, "HTTP_PROXY", "http_proxy"));
-  }
-  for (const value of candidates) {
-    const proxy = value === undefined ? undefined : parseProxy(value);
-    if (proxy) return proxy;
+    return fromPair(env, "HTTP_PROXY", "http_proxy");
   }
   return undefined;
 }
