@@ -436,14 +436,21 @@ export class ProgressRenderer {
 
   /**
    * Erases the bars: up by the rows they take now (a line wider than the terminal takes
-   * several; after a narrowing resize the terminal may have re-wrapped them), then to the end of
-   * the screen. Rows of line() output above are left alone.
+   * several; after a narrowing resize the terminal may have re-wrapped them), blanking each row
+   * on the way back down, and up again. Rows of line() output above are left alone.
+   *
+   * Not "erase to the end of the screen" (CSI J): when the bars are at the top of the screen,
+   * that is a whole-screen clear, which tmux (scroll-on-clear) and others copy into the
+   * scrollback, leaving a trail of old bars there.
    */
   #clear(): void {
     if (!this.#io.tty || this.#drawn.length === 0) return;
     const { columns } = this.#geometry();
     const rows = this.#drawn.reduce((sum, cols) => sum + Math.max(1, Math.ceil(cols / columns)), 0);
-    this.#io.writeControl(`\r\x1b[${rows}A\x1b[J`);
+    let sequence = `\r\x1b[${rows}A\x1b[2K`;
+    for (let row = 1; row < rows; row++) sequence += "\x1b[B\x1b[2K";
+    if (rows > 1) sequence += `\x1b[${rows - 1}A`;
+    this.#io.writeControl(sequence);
     this.#drawn = [];
   }
 }

@@ -11,8 +11,9 @@ import type { PullEvent } from "../../lib/events.ts";
 /**
  * Just enough of a VT100 for the renderer: printable text with auto-wrap (and the pending
  * wrap at the last column), "\n" as CR LF (the tty's onlcr), "\r", CSI n A (not above the top
- * of the screen), CSI J, scrolling into an unlimited scrollback, and resizing with re-wrapping
- * of wrapped lines (as tmux, VTE and Windows Terminal do).
+ * of the screen), CSI n B, CSI 2 K, CSI J (from the top left: the screen goes to the
+ * scrollback, as tmux does), scrolling into an unlimited scrollback, and resizing with
+ * re-wrapping of wrapped lines (as tmux, VTE and Windows Terminal do).
  */
 class Terminal {
   /** Every row, scrollback first; `wrapped[i]` says row i continues on row i + 1. */
@@ -42,7 +43,9 @@ class Terminal {
         i += m[0].length - 1;
         const n = m[1] === "" ? 1 : Number(m[1]);
         if (m[2] === "A") this.row = Math.max(this.top, this.row - n);
-        else if (m[2] === "J") this.#eraseBelow();
+        else if (m[2] === "B") this.row = Math.min(this.rows.length - 1, this.row + n);
+        else if (m[2] === "K" && m[1] === "2") this.#eraseRow();
+        else if (m[2] === "J" && m[1] === "") this.#eraseBelow();
         else this.unknown.push(m[0]);
       } else if (c === "\n") {
         this.col = 0;
@@ -70,7 +73,22 @@ class Terminal {
     }
   }
 
+  #eraseRow(): void {
+    this.rows[this.row] = "";
+    this.wrapped[this.row] = false;
+  }
+
   #eraseBelow(): void {
+    if (this.col === 0 && this.row === this.top) {
+      // A whole-screen clear: tmux (scroll-on-clear) keeps the screen in the scrollback.
+      const height = this.height;
+      for (let i = 0; i < height; i++) {
+        this.rows.push("");
+        this.wrapped.push(false);
+      }
+      this.row = this.top;
+      return;
+    }
     this.rows[this.row] = this.rows[this.row].slice(0, this.col);
     this.wrapped[this.row] = false;
     this.rows.length = this.row + 1;
@@ -216,7 +234,7 @@ const BAR_FRAGMENT = /\[[= ]*\]|MB\/s|ETA|\d\/\d/;
 /** Asserts the screen shows exactly `expected` and nothing of a bar. */
 function assertClean(term: Terminal, expected: string[]) {
   const lines = term.lines();
-  assert.deepEqual(term.unknown, [], "only cursor-up and erase are sent");
+  assert.deepEqual(term.unknown, [], "only cursor moves and erasing are sent");
   for (const line of lines) assert.ok(!BAR_FRAGMENT.test(line), `stale bar: ${line}`);
   assert.deepEqual(lines, expected);
 }
@@ -234,7 +252,7 @@ Deno.test("progress: at 50 columns no line is wider than the terminal, nothing i
   play(s, pullEvents(3, 54.1 * MB, 20_000, 150));
   // Every row written fits: no bar ever wrapped.
   // deno-lint-ignore no-control-regex
-  const written = s.writes.join("").replace(/\r|\x1b\[\d*[AJ]/g, "");
+  const written = s.writes.join("").replace(/\r|\x1b\[\d*[ABJK]/g, "");
   for (const line of written.split("\n")) {
     assert.ok(line.length <= 50, `${line.length} columns: ${line}`);
     if (BAR_FRAGMENT.test(line)) assert.ok(line.length <= 49, "bars leave the last column");
@@ -291,6 +309,17 @@ Deno.test("progress: clearing counts rows, and lines printed above are never era
   }
   s.renderer.finish();
   assertClean(s.term, [long, `${long} 5`, `${long} 10`, `${long} 15`, `${long} 20`]);
+});
+
+Deno.test("progress: bars at the top of the screen leave nothing in the scrollback", () => {
+  const s = setup(50, 10);
+  // Nothing printed above the bars: every erase starts at the top left of the screen.
+  play(
+    s,
+    [...pullEvents(2, 20 * MB, 20_000, 150)].filter((e) => !("type" in e) || e.type !== "platform"),
+  );
+  s.renderer.finish();
+  assertClean(s.term, doneLines([1, 2], "20.0 MB").slice(1));
 });
 
 Deno.test("progress: a resize redraws the bars at the new width without fragments", () => {
@@ -419,7 +448,12 @@ Deno.test("progress: the terminal emulator of these tests wraps and re-wraps lik
   assert.deepEqual(t.rows, ["0123456789", "abc", "xy"]);
   t.write("\x1b[1A\r\x1b[J");
   assert.deepEqual(t.lines(), ["0123456789"], "erased from the cursor down");
-  t.write("\x1b[1A\x1b[J0123456789\n0123456789\n");
+  t.write("\x1b[1A\x1b[J");
+  assert.deepEqual(t.lines(), ["0123456789"], "a whole-screen clear goes to the scrollback");
+  t.rows = [""];
+  t.wrapped = [false];
+  t.row = 0;
+  t.write("0123456789\n0123456789\n");
   assert.equal(t.rows.length, 3, "a full row then a newline takes one row");
   t.resize(4);
   assert.deepEqual(t.lines(), ["0123456789", "0123456789"]);
