@@ -329,7 +329,7 @@ const TUNNEL_PROBE_MS = 5_000;
  * Deno reports every refused CONNECT as "unsuccessful tunnel"; to say why, one CONNECT of our
  * own asks the proxy for its status line (HTTP proxies only).
  */
-export async function probeTunnel(
+async function probeTunnel(
   proxy: ProxyInUse,
   target: URL,
   signal?: AbortSignal,
