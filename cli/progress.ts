@@ -300,7 +300,10 @@ export class ProgressRenderer {
     return text;
   }
 
-  /** Erases the bars and stops listening for resizes. Lines may still be printed after. */
+  /**
+   * Erases the bars for good and stops listening for resizes; lines may still be printed
+   * after, and {@link summary} counts the time until the first call.
+   */
   finish(): void {
     this.#clear();
     this.#stopResize?.();
@@ -395,7 +398,8 @@ export class ProgressRenderer {
   }
 
   #draw(force: boolean): void {
-    if (this.#quiet) return;
+    // After finish() only lines are printed: a failed pull leaves unfinished blobs behind.
+    if (this.#quiet || this.#finishedAt !== undefined) return;
     const now = this.#io.now();
     const active = [...this.#blobs.values()].filter((b) => !b.done);
     if (!this.#io.tty) {

@@ -413,6 +413,21 @@ Deno.test("progress: summary gives the time, bytes and average speed", () => {
   assert.equal(humanSeconds(Infinity), "--");
 });
 
+Deno.test("progress: after finish() no bar comes back, even for unfinished blobs", () => {
+  const s = setup(80);
+  s.renderer.handle({ type: "blob-start", digest: digest(1), size: 10 * MB, index: 0 });
+  s.renderer.line("[+] one");
+  assert.ok(s.hasListener());
+  s.renderer.finish();
+  assert.ok(!s.hasListener());
+  s.renderer.line("[-] the pull failed");
+  s.advance(500);
+  s.renderer.handle({ type: "blob-progress", digest: digest(1), received: MB, size: 0 });
+  s.renderer.finish();
+  assertClean(s.term, ["[+] one", "[-] the pull failed"]);
+  assert.equal(s.subscriptions(), 0);
+});
+
 Deno.test("progress: more bars than the screen has rows are summed up", () => {
   const s = setup(60, 6);
   for (let i = 1; i <= 9; i++) {
