@@ -16,7 +16,7 @@ import {
 import { cacheInfo, defaultCacheDir, importTar, pruneCache } from "./lib/cache.ts";
 import type { PullEvent } from "./lib/events.ts";
 import { registerSecret } from "./lib/redact.ts";
-import { formatPlatform } from "./lib/platform.ts";
+import { describePlatform } from "./lib/platform.ts";
 import { listImagePlatforms, pull, repoTagFromName, requestedPlatform } from "./lib/pull.ts";
 import { parseReference } from "./lib/reference.ts";
 import { VERSION } from "./lib/version.ts";
@@ -280,7 +280,7 @@ export async function main(args: string[]): Promise<number> {
     if (values.tag !== undefined) repoTagFromName(values.tag);
     const { platform, source } = requestedPlatform(values.platform, env);
     renderer.line(
-      `[+] Pulling ${reference} for platform ${formatPlatform(platform)}` +
+      `[+] Pulling ${reference} for platform ${describePlatform(platform, values.platform)}` +
         (source === "flag" ? "" : ` (${source === "host" ? "host default" : `from ${source}`})`),
     );
     try {
@@ -302,6 +302,7 @@ export async function main(args: string[]): Promise<number> {
           `${humanBytes(result.bytes)}) to ${result.output}`,
       );
       renderer.line(`[+] Image ID: ${result.imageId}`);
+      renderer.line(renderer.summary());
       writeOut(result.output);
       return ExitCode.ok;
     } finally {
