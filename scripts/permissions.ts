@@ -1,0 +1,25 @@
+/**
+ * The permissions imgpull runs with, in one place: the README's "Permissions" table, the `pull`
+ * task, the flags baked into compiled binaries (scripts/compile.ts) and the tests' CLI runner.
+ * tests/integration/bundle_test.ts fails when any of those drifts from this list.
+ * @module
+ */
+
+/** The variables imgpull reads (docker config, default platform, credential helpers, cache). */
+export const ALLOWED_ENV = [
+  "HOME",
+  "DOCKER_CONFIG",
+  "DOCKER_DEFAULT_PLATFORM",
+  "PATH",
+  "XDG_CACHE_HOME",
+  "LOCALAPPDATA",
+] as const;
+
+/** `deno run` / `deno compile` permission flags, exactly as the README documents them. */
+export const PERMISSIONS: readonly string[] = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  `--allow-env=${ALLOWED_ENV.join(",")}`,
+  "--allow-run",
+];
