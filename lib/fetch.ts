@@ -11,7 +11,8 @@
  * @module
  */
 import { DigestHasher, parseDigest } from "./digest.ts";
-import { ImgpullError, IntegrityError, NotFoundError } from "./errors.ts";
+import { formatBytes } from "./compression.ts";
+import { ImgpullError, IntegrityError, InvalidContentError, NotFoundError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import { isLoopbackRegistry } from "./reference.ts";
@@ -35,6 +36,20 @@ const MIN_SEGMENT_BYTES = 512 * 1024;
 /** How often resume information of a partial blob is saved. */
 const CHECKPOINT_MS = 1000;
 
+/**
+ * Least progress (bytes) a failed transfer must have made for its retry not
+ * to count against `--retries`: a server dripping a few bytes per connection
+ * cannot keep a download alive forever.
+ */
+const MIN_RETRY_PROGRESS_BYTES = 64 * 1024;
+
+/**
+ * Largest blob of unknown size (schema1 layers have none) downloaded when
+ * {@link FetchPolicy.maxLayerBytes} is not set: beyond it the registry is
+ * sending an endless body.
+ */
+export const DEFAULT_MAX_UNKNOWN_SIZE_BYTES: number = 10 * 1024 * 1024 * 1024;
+
 /** Connections streaming blob data at once, unless told otherwise (see docs/benchmarks.md). */
 export const DEFAULT_CONNECTIONS = 16;
 
@@ -54,6 +69,14 @@ export interface FetchPolicy {
   retries: number;
   /** A transfer that receives nothing for this long is aborted (and retried). */
   stallTimeoutMs: number;
+  /**
+   * The user's largest acceptable layer (`--max-layer-size`), in bytes: a
+   * descriptor announcing more is refused before any request, and a blob of
+   * unknown size (schema1) is cut off past it. Unset: descriptors are
+   * trusted (sizes are verified anyway) and unknown sizes stop at
+   * {@link DEFAULT_MAX_UNKNOWN_SIZE_BYTES}.
+   */
+  maxLayerBytes?: number;
 }
 
 /** A policy with the documented defaults. */
@@ -63,6 +86,7 @@ export function fetchPolicy(
     maxSegmentBytes?: number;
     retries?: number;
     stallTimeoutMs?: number;
+    maxLayerBytes?: number;
   } = {},
 ): FetchPolicy {
   const connectionCount = options.connections ?? DEFAULT_CONNECTIONS;
@@ -74,6 +98,7 @@ export function fetchPolicy(
     maxSegmentBytes: options.maxSegmentBytes ?? 8 * 1024 * 1024,
     retries: options.retries ?? 3,
     stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
+    maxLayerBytes: options.maxLayerBytes,
   };
 }
 
@@ -107,20 +132,77 @@ export interface BlobSource {
   ): Promise<Response>;
 }
 
+/** Whether a foreign layer URL may be fetched, and why not. */
+export type ForeignUrlVerdict = { allowed: true; url: URL } | { allowed: false; reason: string };
+
+/**
+ * The policy for a foreign layer's `urls`, which come from the registry and
+ * make us issue GETs to addresses of its choosing: HTTPS only, never with
+ * user info (`user:pass@`) in the URL; plain HTTP only to loopback when the
+ * registry itself is plain HTTP on loopback (a local test setup); and no
+ * loopback address at all unless the registry is on loopback too (a remote
+ * registry must not make us probe services on this machine).
+ * `registryUrl` is the registry's base URL (e.g. `https://quay.io`).
+ */
+export function foreignUrlAllowed(url: string, registryUrl: string): ForeignUrlVerdict {
+  let parsed: URL;
+  let registry: URL;
+  try {
+    parsed = new URL(url);
+    registry = new URL(registryUrl);
+  } catch {
+    return { allowed: false, reason: "not a valid URL" };
+  }
+  if (parsed.username || parsed.password) {
+    return { allowed: false, reason: "the URL carries credentials" };
+  }
+  const loopback = isLoopbackRegistry(parsed.host);
+  const registryLoopback = isLoopbackRegistry(registry.host);
+  if (parsed.protocol === "http:") {
+    if (!(loopback && registryLoopback && registry.protocol === "http:")) {
+      return { allowed: false, reason: "plain HTTP is not allowed for foreign layers" };
+    }
+  } else if (parsed.protocol !== "https:") {
+    return { allowed: false, reason: `${parsed.protocol} URLs are not allowed` };
+  }
+  if (loopback && !registryLoopback) {
+    return { allowed: false, reason: "a remote registry may not point at this machine" };
+  }
+  return { allowed: true, url: parsed };
+}
+
+/** Options of {@link UrlBlobSource}. */
+export interface UrlBlobSourceOptions {
+  tls?: TlsOptions;
+  /** The registry's base URL: applies {@link foreignUrlAllowed} (strongly advised). */
+  registryUrl?: string;
+}
+
 /**
  * A foreign layer's own URL (a descriptor's `urls`), fetched without any
- * credentials. Only HTTPS, unless the URL is on loopback.
+ * credentials (its own transport, no auth session, no cookies). Only HTTPS,
+ * unless the URL is on loopback; with `registryUrl`, the full
+ * {@link foreignUrlAllowed} policy.
  */
 export class UrlBlobSource implements BlobSource {
   readonly #transport: Transport;
 
-  constructor(readonly url: string, tls: TlsOptions = {}) {
+  constructor(readonly url: string, options: UrlBlobSourceOptions = {}) {
     const parsed = new URL(url);
     const loopback = isLoopbackRegistry(parsed.host);
     if (parsed.protocol !== "https:" && !(parsed.protocol === "http:" && loopback)) {
       throw new NotFoundError(`refusing to fetch a foreign layer over ${parsed.protocol} (${url})`);
     }
-    this.#transport = new Transport(tls);
+    if (options.registryUrl !== undefined) {
+      const verdict = foreignUrlAllowed(url, options.registryUrl);
+      if (!verdict.allowed) {
+        throw new InvalidContentError(`refusing foreign layer URL ${url}: ${verdict.reason}`);
+      }
+    }
+    if (parsed.username || parsed.password) {
+      throw new InvalidContentError(`refusing foreign layer URL with credentials in it`);
+    }
+    this.#transport = new Transport(options.tls ?? {});
   }
 
   async openBlob(
@@ -138,6 +220,65 @@ export class UrlBlobSource implements BlobSource {
   close(): void {
     this.#transport.close();
   }
+}
+
+/** A URL as shown in messages: registry text, so kept short. */
+function shownUrl(url: string): string {
+  return url.length > 200 ? `${url.slice(0, 200)}…` : url;
+}
+
+/**
+ * Fetches a foreign layer the registry does not serve from the URLs its
+ * descriptor lists, the first that works, under {@link foreignUrlAllowed}.
+ * Emits a notice for each URL refused (and why) and for the URL fetched. An
+ * integrity failure is final; when no URL is acceptable, an
+ * {@link InvalidContentError} lists why; otherwise the last error is thrown.
+ */
+export async function downloadForeignLayer(
+  descriptor: Descriptor,
+  store: BlobStore,
+  options: DownloadOptions,
+  context: { registryUrl: string; registryError: ImgpullError; tls?: TlsOptions },
+): Promise<DownloadedBlob> {
+  const onEvent = options.onEvent ?? (() => {});
+  const layer = descriptor.digest;
+  const refused: string[] = [];
+  let lastError: unknown;
+  for (const url of descriptor.urls ?? []) {
+    const verdict = foreignUrlAllowed(url, context.registryUrl);
+    if (!verdict.allowed) {
+      refused.push(`${shownUrl(url)} (${verdict.reason})`);
+      onEvent({
+        type: "notice",
+        message: `Layer ${layer} is not in the registry; not fetching ${shownUrl(url)}: ` +
+          verdict.reason,
+      });
+      continue;
+    }
+    const source = new UrlBlobSource(url, { tls: context.tls, registryUrl: context.registryUrl });
+    try {
+      onEvent({
+        type: "notice",
+        message: `Layer ${layer} is not in the registry; fetching ${shownUrl(url)}`,
+      });
+      return await downloadBlob(source, descriptor, store, options);
+    } catch (e) {
+      if (e instanceof IntegrityError || options.signal?.aborted) throw e;
+      onEvent({ type: "debug", message: `${shownUrl(url)}: ${(e as Error).message}` });
+      lastError = e;
+    } finally {
+      source.close();
+    }
+  }
+  if (lastError !== undefined) throw lastError;
+  if (refused.length > 0) {
+    throw new InvalidContentError(
+      `layer ${layer} is not in the registry and its foreign URLs are refused: ` +
+        refused.slice(0, 3).join(", ") + (refused.length > 3 ? ", …" : ""),
+      { hint: "foreign layers are fetched over HTTPS only", cause: context.registryError },
+    );
+  }
+  throw context.registryError;
 }
 
 /** A file, and the offset in it, where a blob's bytes are written. */
@@ -171,6 +312,15 @@ export async function downloadBlob(
 ): Promise<DownloadedBlob> {
   const { digest, size } = descriptor;
   const onEvent = options.onEvent ?? (() => {});
+  const limit = options.policy.maxLayerBytes;
+  if (limit !== undefined && size > limit) {
+    throw new InvalidContentError(
+      `blob ${digest} is ${formatBytes(size)}, more than the limit of ${formatBytes(limit)}`,
+      { hint: "raise the limit with --max-layer-size if the image is genuine" },
+    );
+  }
+  // The output is a planned archive member: its size must be known.
+  if (options.output && size < 0) throw new Error(`blob ${digest} of unknown size has no place`);
   const reuse = async (): Promise<DownloadedBlob | undefined> => {
     const existing = await store.size(digest);
     if (existing === undefined || (existing !== size && size >= 0)) return undefined;
@@ -484,6 +634,9 @@ class BlobTransfer {
     return withRetries(() => attempt(segment), {
       retries: this.#options.policy.retries,
       signal,
+      // A retry that resumed and got further starts a fresh count.
+      progress: () => segment.written,
+      minProgress: MIN_RETRY_PROGRESS_BYTES,
       onRetry: (e, n, delay) =>
         this.#onEvent({
           type: "debug",
@@ -583,6 +736,9 @@ class BlobTransfer {
   async #consume(response: Response, segment: Segment, stall: StallTimer): Promise<void> {
     const { digest, size } = this.#descriptor;
     if (!response.body) return;
+    const bound = size >= 0
+      ? size
+      : this.#options.policy.maxLayerBytes ?? DEFAULT_MAX_UNKNOWN_SIZE_BYTES;
     // One handle per writer: concurrent segments must not share a file position.
     const files = await Promise.all(this.#sinks.map(async (sink) => {
       const file = await Deno.open(sink.path, { write: true });
@@ -613,7 +769,15 @@ class BlobTransfer {
         stall.kick();
         const bytes = chunk.value;
         const position = segment.start + segment.written;
-        if (position + bytes.byteLength > segment.end) {
+        // Never a byte past the planned member: the sinks are archive members and cache files.
+        if (position + bytes.byteLength > segment.end || position + bytes.byteLength > bound) {
+          if (size < 0) {
+            throw new InvalidContentError(
+              `blob ${digest} (size not announced) is larger than ${formatBytes(bound)}; ` +
+                `refusing it`,
+              { hint: "raise the limit with --max-layer-size if the image is genuine" },
+            );
+          }
           throw new IntegrityError(`blob ${digest}: registry sent more than ${size} bytes`);
         }
         await Promise.all(files.map((file) => this.#write(file, bytes)));

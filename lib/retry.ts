@@ -36,25 +36,49 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 /** Options of {@link withRetries}. */
 export interface RetryOptions {
-  /** Retries after the first attempt. */
+  /** Retries in a row without progress (0: no retry at all). */
   retries: number;
   signal?: AbortSignal;
-  /** Told about each retry (for --verbose). */
+  /** Told about each retry (for --verbose); `attempt` is the number of the retry. */
   onRetry?: (error: ImgpullError, attempt: number, delayMs: number) => void;
+  /**
+   * How far the operation has got (e.g. bytes written). A failed attempt
+   * that advanced it by at least {@link minProgress} resets the count of
+   * retries, as curl's resumed retries and aria2 do: a link that drops every
+   * few MiB still completes a large blob, while one that fails at the same
+   * byte every time still gives up after `retries`.
+   */
+  progress?: () => number;
+  /** Least advance that counts as progress (default 1). */
+  minProgress?: number;
 }
 
-/** Runs `operation`, retrying it while it fails with a retryable error. */
+/**
+ * Runs `operation`, retrying it while it fails with a retryable error: at
+ * most `retries` times in a row without progress (see
+ * {@link RetryOptions.progress}). Time without progress is therefore bounded
+ * by `retries + 1` attempts (each bounded by its own stall timer) plus their
+ * backoff delays.
+ */
 export async function withRetries<T>(
   operation: (attempt: number) => Promise<T>,
   options: RetryOptions,
 ): Promise<T> {
+  let failures = 0;
   for (let attempt = 0;; attempt++) {
+    const before = options.progress?.();
     try {
       return await operation(attempt);
     } catch (e) {
-      if (!(e instanceof ImgpullError) || !e.retryable || attempt >= options.retries) throw e;
+      if (!(e instanceof ImgpullError) || !e.retryable) throw e;
+      const advanced = before === undefined ? 0 : options.progress!() - before;
+      // Progress makes this failure a fresh start: its retry is not counted.
+      const progressed = advanced > 0 && advanced >= (options.minProgress ?? 1);
+      if (progressed) failures = 0;
+      if (options.retries === 0 || (!progressed && failures >= options.retries)) throw e;
       options.signal?.throwIfAborted();
-      const delay = backoffMs(attempt, e instanceof NetworkError ? e.retryAfterMs : undefined);
+      const delay = backoffMs(failures, e instanceof NetworkError ? e.retryAfterMs : undefined);
+      if (!progressed) failures++;
       options.onRetry?.(e, attempt + 1, delay);
       await sleep(delay, options.signal);
     }

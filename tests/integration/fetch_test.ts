@@ -6,13 +6,14 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { digestOf } from "../../lib/digest.ts";
-import { IntegrityError } from "../../lib/errors.ts";
+import { IntegrityError, InvalidContentError, NetworkError } from "../../lib/errors.ts";
 import { downloadBlob, fetchPolicy, planSegments } from "../../lib/fetch.ts";
 import type { Descriptor } from "../../lib/manifest.ts";
 import { RegistryClient } from "../../lib/registry.ts";
 import { BlobStore } from "../../lib/store.ts";
 import {
   cutAfter,
+  type FaultContext,
   type FaultHandler,
   serveBytes,
   startFaultRegistry,
@@ -36,7 +37,7 @@ async function withFault(
     requests: { range: string | null; path: string }[];
   }) => Promise<void>,
 ): Promise<void> {
-  const registry = startFaultRegistry({ blobs: new Map([[DIGEST, BLOB]]), fault });
+  const registry = startFaultRegistry({ blobs: new Map([[DIGEST, BLOB]]), fault, quiet: true });
   const dir = await Deno.makeTempDir();
   const store = await BlobStore.createIn(dir);
   const client = new RegistryClient({ registry: registry.host, repository: "test/blob" });
@@ -45,6 +46,7 @@ async function withFault(
     await body({ client, store, requests: registry.requests });
   } finally {
     client.close();
+    await store.remove();
     await registry.close();
     await Deno.remove(dir, { recursive: true });
   }
@@ -136,6 +138,7 @@ Deno.test("fetch: many blobs segmented at once share the budget and all complete
     }
   } finally {
     client.close();
+    await store.remove();
     await registry.close();
     await Deno.remove(dir, { recursive: true });
   }
@@ -236,9 +239,98 @@ Deno.test("fetch: real Distribution behind a CDN serves segments without Authori
     assert.ok(served.every((r) => r.status === 206 && !r.hadAuthorization));
   } finally {
     client.close();
+    await store.remove();
     await redirecting.close();
     await cdn.close();
     await registry.close();
     await Deno.remove(root, { recursive: true });
   }
+});
+
+/**
+ * Serves the blob from the requested offset, cutting the connection at the next multiple of
+ * `every` bytes (or, with `fixed`, always at that same byte), announcing the full remainder.
+ */
+function cutEvery(every: number, fixed = false): FaultHandler {
+  return (_req, ctx: FaultContext) => {
+    if (!ctx.bytes) return undefined;
+    const total = ctx.bytes.byteLength;
+    const start = ctx.range?.start ?? 0;
+    const cut = fixed ? Math.max(every, start) : (Math.floor(start / every) + 1) * every;
+    if (cut >= total) return serveBytes(ctx.bytes, ctx.range);
+    const headers: Record<string, string> = { "content-length": String(total - start) };
+    if (ctx.range) headers["content-range"] = `bytes ${start}-${total - 1}/${total}`;
+    return cutAfter(ctx.bytes.slice(start, cut), ctx.range ? 206 : 200, headers);
+  };
+}
+
+Deno.test("fetch: retries that resume and progress do not use up --retries", async () => {
+  // 10 MiB through a link that drops every 1 MiB: 10 cuts, with 2 retries.
+  await withFault(cutEvery(MiB), async ({ client, store, requests }) => {
+    const policy = fetchPolicy({ connections: 1, maxSegmentBytes: 64 * MiB, retries: 2 });
+    const { path } = await downloadBlob(client, DESCRIPTOR, store, { policy });
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
+    assert.equal(requests.filter(isBlobRequest).length, 11);
+  });
+});
+
+Deno.test("fetch: a transfer cut at the same byte every time still gives up", async () => {
+  await withFault(cutEvery(3 * MiB, true), async ({ client, store, requests }) => {
+    const policy = fetchPolicy({ connections: 1, maxSegmentBytes: 64 * MiB, retries: 2 });
+    await assert.rejects(downloadBlob(client, DESCRIPTOR, store, { policy }), NetworkError);
+    // The first attempt got to 3 MiB (progress); then three attempts that got nowhere.
+    assert.equal(requests.filter(isBlobRequest).length, 4);
+  });
+});
+
+Deno.test("fetch: a longer body never writes past the member in the output", async () => {
+  const fault: FaultHandler = (_r, ctx) =>
+    ctx.bytes && new Response(new Uint8Array([...ctx.bytes, ...new Uint8Array(100_000).fill(7)]));
+  await withFault(fault, async ({ client, store }) => {
+    const output = `${store.root}/tmp/archive`;
+    await Deno.writeFile(output, new Uint8Array(1000 + BLOB.byteLength + 200_000).fill(0xee));
+    const policy = fetchPolicy({ connections: 1, maxSegmentBytes: 64 * MiB, retries: 0 });
+    await assert.rejects(
+      downloadBlob(client, DESCRIPTOR, store, { policy, output: { path: output, offset: 1000 } }),
+      IntegrityError,
+    );
+    const bytes = await Deno.readFile(output);
+    assert.ok(bytes.subarray(1000 + BLOB.byteLength).every((b) => b === 0xee), "nothing after");
+  });
+});
+
+Deno.test("fetch: a blob of unknown size (schema1) stops at the limit", async () => {
+  let served = 0;
+  const fault: FaultHandler = (_r, ctx) => {
+    if (!ctx.bytes) return undefined;
+    // Endless: the blob's bytes, then more.
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        const chunk = new Uint8Array(64 * 1024).fill(1);
+        served += chunk.byteLength;
+        controller.enqueue(chunk);
+      },
+    });
+    return new Response(body);
+  };
+  await withFault(fault, async ({ client, store }) => {
+    const policy = fetchPolicy({ connections: 1, retries: 0, maxLayerBytes: 2 * MiB });
+    await assert.rejects(
+      downloadBlob(client, { mediaType: "", digest: DIGEST, size: -1 }, store, { policy }),
+      (e) => e instanceof InvalidContentError && /larger than 2 MiB/.test(e.message),
+    );
+    assert.ok(served < 8 * MiB, `served ${served} bytes`);
+    assert.deepEqual([...Deno.readDirSync(join(store.root, "tmp"))], []);
+  });
+});
+
+Deno.test("fetch: a descriptor larger than --max-layer-size is refused before any request", async () => {
+  await withFault(undefined, async ({ client, store, requests }) => {
+    const policy = fetchPolicy({ maxLayerBytes: 5 * MiB });
+    await assert.rejects(
+      downloadBlob(client, DESCRIPTOR, store, { policy }),
+      (e) => e instanceof InvalidContentError && /more than the limit of 5 MiB/.test(e.message),
+    );
+    assert.equal(requests.filter(isBlobRequest).length, 0);
+  });
 });
