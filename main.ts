@@ -14,6 +14,7 @@ import {
   UsageError,
 } from "./lib/errors.ts";
 import { cacheInfo, defaultCacheDir, importTar, pruneCache } from "./lib/cache.ts";
+import { parseByteSize } from "./lib/compression.ts";
 import type { PullEvent } from "./lib/events.ts";
 import { registerSecret } from "./lib/redact.ts";
 import { describePlatform } from "./lib/platform.ts";
@@ -48,6 +49,8 @@ Options:
   --connections N                  HTTP connections streaming blob data at once, across
                                    all layers (default 16)
   --segment-size MIB               largest Range segment of a blob (default 8)
+  --max-layer-size SIZE            refuse a layer larger than SIZE, compressed or not (e.g.
+                                   2G; default: 100x its compressed size, at least 1 GiB)
   --cache-dir DIR                  blob cache (default: $XDG_CACHE_HOME/imgpull or
                                    ~/.cache/imgpull)
   --no-cache                       keep no blobs between runs
@@ -83,6 +86,7 @@ const OPTIONS = {
   connections: { type: "string" },
   "stall-timeout": { type: "string" },
   "segment-size": { type: "string" },
+  "max-layer-size": { type: "string" },
   "cache-dir": { type: "string" },
   "no-cache": { type: "boolean" },
   "import-tar": { type: "string" },
@@ -275,6 +279,11 @@ export async function main(args: string[]): Promise<number> {
     );
     const connections = parseCount(values.connections, "--connections", 1);
     const segmentMiB = parseCount(values["segment-size"], "--segment-size", 1);
+    const maxLayerText = values["max-layer-size"];
+    const maxLayerBytes = maxLayerText === undefined ? undefined : parseByteSize(maxLayerText);
+    if (maxLayerText !== undefined && maxLayerBytes === undefined) {
+      throw new UsageError(`--max-layer-size: not a size: ${maxLayerText}`);
+    }
     // Everything the user typed is checked before anything is printed or fetched.
     parseReference(reference);
     if (values.tag !== undefined) repoTagFromName(values.tag);
@@ -293,6 +302,7 @@ export async function main(args: string[]): Promise<number> {
         maxConcurrentDownloads: concurrency,
         connections,
         maxSegmentBytes: segmentMiB === undefined ? undefined : segmentMiB * 1024 * 1024,
+        maxLayerBytes,
         cacheDir,
       });
       renderer.finish();

@@ -6,25 +6,19 @@
  * @module
  */
 import { type Credential, type EnvReader, lookupCredential } from "./auth/credentials.ts";
-import { decompressLayer, sniffCompression } from "./compression.ts";
+import { decompressLayer, type DecompressOptions, sniffCompression } from "./compression.ts";
 import { digestOf, parseDigest } from "./digest.ts";
-import {
-  IntegrityError,
-  InvalidContentError,
-  LocalIoError,
-  NotFoundError,
-  UsageError,
-} from "./errors.ts";
+import { InvalidContentError, LocalIoError, NotFoundError, UsageError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import {
   type BlobSink,
   DEFAULT_CONNECTIONS,
   downloadBlob,
   type DownloadedBlob,
+  downloadForeignLayer,
   type DownloadOptions,
   type FetchPolicy,
   fetchPolicy,
-  UrlBlobSource,
 } from "./fetch.ts";
 import type { Descriptor } from "./manifest.ts";
 import { schema1Config } from "./manifest.ts";
@@ -85,6 +79,8 @@ export interface PullOptions extends ConnectOptions {
   connections?: number;
   /** Largest Range segment of a blob, in bytes (default 8 MiB). */
   maxSegmentBytes?: number;
+  /** `--max-layer-size`: largest layer, compressed or not (see FetchPolicy.maxLayerBytes). */
+  maxLayerBytes?: number;
   /**
    * The shared blob cache (see {@link defaultCacheDir}); without one, blobs
    * go to a scratch directory beside the output that is removed afterwards.
@@ -303,6 +299,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
         maxSegmentBytes: options.maxSegmentBytes,
         retries: options.retries,
         stallTimeoutMs: options.stallTimeoutMs,
+        maxLayerBytes: options.maxLayerBytes,
       }),
       onEvent,
       signal,
@@ -460,6 +457,7 @@ async function pullImageLayers(
       config.diffIds[index],
       store,
       onEvent,
+      { maxBytes: run.policy.maxLayerBytes, label: layer.digest, signal: run.signal },
     );
     if (!cached) converted.add(layers[index].digest);
   });
@@ -492,7 +490,10 @@ async function pullImageLayers(
       } catch (e) {
         // Registries may refuse to serve foreign layers: their own URLs are the other source.
         if (!(e instanceof NotFoundError) || !descriptor.urls?.length) throw e;
-        result = await downloadFromUrls(descriptor, store, options, e);
+        result = await downloadForeignLayer(descriptor, store, options, {
+          registryUrl: run.client.baseUrl,
+          registryError: e,
+        });
       }
       if (!result.inOutput) await archive.copyIn(l.digest, result.path!);
     });
@@ -502,38 +503,6 @@ async function pullImageLayers(
     throw e;
   }
   return { configDigest: manifest.config.digest, configBytes, layers };
-}
-
-/** Fetches a foreign layer from the URLs its descriptor lists, the first that works. */
-async function downloadFromUrls(
-  descriptor: Descriptor,
-  store: BlobStore,
-  options: DownloadOptions,
-  registryError: NotFoundError,
-): Promise<DownloadedBlob> {
-  let lastError: unknown = registryError;
-  for (const url of descriptor.urls ?? []) {
-    let source: UrlBlobSource;
-    try {
-      source = new UrlBlobSource(url);
-    } catch (e) {
-      lastError = e;
-      continue;
-    }
-    try {
-      options.onEvent?.({
-        type: "notice",
-        message: `Layer ${shortDigest(descriptor.digest)} is not in the registry; fetching ${url}`,
-      });
-      return await downloadBlob(source, descriptor, store, options);
-    } catch (e) {
-      if (e instanceof IntegrityError) throw e;
-      lastError = e;
-    } finally {
-      source.close();
-    }
-  }
-  throw lastError;
 }
 
 /** The descriptor `docker save` records in LayerSources. */
@@ -553,12 +522,13 @@ async function convertZstdLayer(
   diffId: string,
   store: BlobStore,
   onEvent: PullEventSink,
+  limits: DecompressOptions,
 ): Promise<ArchiveLayer> {
   let path = store.blobPath(diffId);
   let size = await store.size(diffId);
   if (size === undefined) {
     const tempPath = store.tempPath("zstd");
-    const result = await decompressLayer(zstdPath, "zstd", tempPath);
+    const result = await decompressLayer(zstdPath, "zstd", tempPath, limits);
     if (result.diffId !== diffId) {
       await Deno.remove(tempPath).catch(() => {});
       throw new InvalidContentError(
@@ -595,7 +565,11 @@ async function pullSchema1Layers(
     const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
     const { path } = await downloadBlob(run.client, descriptor, store, downloadOptions(run, index));
     if (!path) throw new Error("schema1 layer was not stored");
-    const { diffId } = await decompressLayer(path, await sniffCompression(path));
+    const { diffId } = await decompressLayer(path, await sniffCompression(path), undefined, {
+      maxBytes: run.policy.maxLayerBytes,
+      label: layer.blobSum,
+      signal: run.signal,
+    });
     const size = (await Deno.stat(path)).size;
     return { layer: { digest: layer.blobSum, path, size } as ArchiveLayer, diffId };
   });
