@@ -1,9 +1,20 @@
 import assert from "node:assert/strict";
 import { digestOf } from "../../lib/digest.ts";
+import { IntegrityError } from "../../lib/errors.ts";
+import { CacheEntryCorruptError } from "../../lib/store.ts";
 import { tarHeader } from "../../lib/tar.ts";
-import { ArchiveFile, planArchive, writeDockerArchive } from "../../lib/writers/docker_archive.ts";
+import {
+  ArchiveFile,
+  planArchive,
+  removeAbandonedArchives,
+  writeDockerArchive,
+} from "../../lib/writers/docker_archive.ts";
 
 const decoder = new TextDecoder();
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.lstat(path).then(() => true, () => false);
+}
 
 async function gnuTar(args: string[]): Promise<string> {
   const out = await new Deno.Command("tar", { args }).output();
@@ -59,23 +70,110 @@ Deno.test("archive: GNU tar reads the laid-out archive, byte for byte", async ()
   }
 });
 
-Deno.test("archive: a discarded archive leaves nothing; a wrong-sized layer is refused", async () => {
+Deno.test("archive: a damaged stored blob is evicted, never archived", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    await Deno.writeFile(`${dir}/layer`, new Uint8Array(10));
+    const good = new Uint8Array(3000).fill(0x41);
+    const digest = digestOf(good);
+    const damaged = good.slice();
+    damaged.set([1, 2, 3, 4], 1000);
+    await Deno.writeFile(`${dir}/blob`, damaged);
     const config = new TextEncoder().encode("{}");
     const archive = await ArchiveFile.create(`${dir}/a.tar`, {
       repoTags: [],
       configDigest: digestOf(config),
       configBytes: config,
-      layers: [{ digest: digestOf(new Uint8Array(5)), size: 5 }],
+      layers: [{ digest, size: good.byteLength }],
     });
     await assert.rejects(
-      archive.copyIn(digestOf(new Uint8Array(5)), `${dir}/layer`),
-      /changed size/,
+      archive.copyIn(digest, `${dir}/blob`),
+      (e) =>
+        e instanceof CacheEntryCorruptError && e instanceof IntegrityError &&
+        e.digest === digest && /damaged/.test(e.message),
     );
+    assert.ok(!(await exists(`${dir}/blob`)), "the damaged entry is evicted");
+    // A vanished entry (pruned meanwhile) is reported the same way.
+    await assert.rejects(archive.copyIn(digest, `${dir}/blob`), CacheEntryCorruptError);
+    // The caller repairs it: the right bytes go in, and the archive commits.
+    await Deno.writeFile(`${dir}/blob`, good);
+    await archive.copyIn(digest, `${dir}/blob`);
+    await archive.commit();
+    const names = (await gnuTar(["-tf", `${dir}/a.tar`])).trim().split("\n");
+    assert.ok(names.includes(`blobs/sha256/${digest.slice(7)}`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("archive: a file bigger than its member writes nothing past it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const bytes = new Uint8Array(1024).fill(0x41);
+    const digest = digestOf(bytes);
+    await Deno.writeFile(`${dir}/blob`, bytes);
+    const config = new TextEncoder().encode("{}");
+    const image = {
+      repoTags: [],
+      configDigest: digestOf(config),
+      configBytes: config,
+      // The plan says 512: the next member's header starts right after it.
+      layers: [{ digest, size: 512 }],
+    };
+    const archive = await ArchiveFile.create(`${dir}/a.tar`, image);
+    await assert.rejects(
+      archive.copyIn(digest, `${dir}/blob`),
+      (e) => e instanceof IntegrityError && !(e instanceof CacheEntryCorruptError),
+    );
+    const next = planArchive(image).members.find((m) => m.name === "manifest.json")!;
+    const data = await Deno.readFile(archive.path);
+    assert.equal(decoder.decode(data.subarray(next.offset, next.offset + 13)), "manifest.json");
+    assert.ok(await exists(`${dir}/blob`), "a blob of the right content is not evicted");
     await archive.discard();
-    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name), ["layer"]);
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name), ["blob"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("archive: copying a stored blob in refreshes its use time", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const bytes = new Uint8Array(100).fill(3);
+    await Deno.writeFile(`${dir}/blob`, bytes);
+    const old = new Date(Date.now() - 3_600_000);
+    await Deno.utime(`${dir}/blob`, old, old);
+    const config = new TextEncoder().encode("{}");
+    const layer = { digest: digestOf(bytes), size: 100, path: `${dir}/blob` };
+    await writeDockerArchive(`${dir}/a.tar`, {
+      repoTags: [],
+      configDigest: digestOf(config),
+      configBytes: config,
+      layers: [layer],
+    });
+    assert.ok(Date.now() - (await Deno.stat(`${dir}/blob`)).mtime!.getTime() < 60_000);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("archive: temporary archives of dead pulls are removed, live ones kept", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const config = new TextEncoder().encode("{}");
+    const image = { repoTags: [], configDigest: digestOf(config), configBytes: config, layers: [] };
+    const live = await ArchiveFile.create(`${dir}/a.tar`, image);
+    // Left by a killed pull (nobody holds its lock), plus one of another destination.
+    await Deno.writeFile(`${dir}/.a.tar.0123abcd.partial`, new Uint8Array(10));
+    await Deno.writeFile(`${dir}/.b.tar.0123abcd.partial`, new Uint8Array(10));
+    assert.equal(await removeAbandonedArchives(`${dir}/a.tar`), 1);
+    const names = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+    assert.deepEqual(names, [".b.tar.0123abcd.partial", live.path.slice(dir.length + 1)].sort());
+    // A second pull to the same destination keeps the first one's file.
+    const second = await ArchiveFile.create(`${dir}/a.tar`, image);
+    assert.ok(await exists(live.path));
+    await second.discard();
+    await live.commit();
+    assert.ok(await exists(`${dir}/a.tar`));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
