@@ -19,8 +19,17 @@ export interface BundleResult {
   bytes: number;
 }
 
+/** Options for {@link bundle}. */
+export interface BundleOptions {
+  /** Minify (names kept: error classes are named after themselves). Default false. */
+  minify?: boolean;
+}
+
 /** Bundles `main.ts` with its build stamp into `out` (written whole, or not at all). */
-export async function bundle(out: string = DEFAULT_BUNDLE): Promise<BundleResult> {
+export async function bundle(
+  out: string = DEFAULT_BUNDLE,
+  options: BundleOptions = {},
+): Promise<BundleResult> {
   const commit = await sourceCommit();
   const entry = await writeStampedEntry(commit);
   await Deno.mkdir(dirname(out), { recursive: true });
@@ -34,6 +43,7 @@ export async function bundle(out: string = DEFAULT_BUNDLE): Promise<BundleResult
         join(ROOT, "deno.json"),
         "--platform",
         "deno",
+        ...(options.minify ? ["--minify", "--keep-names"] : []),
         "--output",
         partial,
         entry,
@@ -48,7 +58,7 @@ export async function bundle(out: string = DEFAULT_BUNDLE): Promise<BundleResult
       throw new Error(`deno bundle failed (exit ${result.code}):\n${stderr}`);
     }
     const text = await Deno.readTextFile(partial);
-    if (!text.includes(`commit: ${JSON.stringify(commit)}`)) {
+    if (!text.includes(`commit:${options.minify ? "" : " "}${JSON.stringify(commit)}`)) {
       throw new Error("deno bundle's output lacks the build stamp");
     }
     await Deno.rename(partial, out);
