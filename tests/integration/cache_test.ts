@@ -1,8 +1,8 @@
 /**
  * The blob cache through the CLI: warm re-pulls transfer no blob bytes,
  * concurrent processes share one cache without downloading a blob twice or
- * corrupting it, an interrupted download resumes in the next run, and
- * pruning works.
+ * corrupting it, an interrupted download resumes in the next run, a
+ * damaged cache entry never reaches an archive, and pruning works.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -13,7 +13,7 @@ import {
   type FaultRequest,
   startFaultRegistry,
 } from "../helpers/fault_registry.ts";
-import { buildImage, MiB } from "../helpers/hostile_image.ts";
+import { buildImage, expectedArchive, MiB, verifyArchive } from "../helpers/hostile_image.ts";
 
 /** One 12 MiB layer (segmented) and one small one, opaque bytes: digests are what is checked. */
 const testImage = () => buildImage({ layers: [12 * MiB + 777, 5000], seed: 7 });
@@ -126,5 +126,40 @@ Deno.test("cache: an interrupted download resumes in the next run", async () => 
     assert.match(second.stderr, /resuming sha256:[0-9a-f]+ from a previous run \(5242880 bytes/);
     const done = await cli(["--cache-info", "--cache-dir", cache], dir);
     assert.match(done.stdout, /Partial downloads: 0 /);
+  });
+});
+
+Deno.test("cache: a damaged cache entry never reaches the archive", async () => {
+  await withRegistry(undefined, async ({ host, dir, blobGets, reset }) => {
+    const image = testImage();
+    const cache = join(dir, "cache");
+    const args = (out: string) => [`${host}/test/img`, "--cache-dir", cache, "-o", out];
+    const cold = await cli(args("a.tar"), dir);
+    assert.equal(cold.code, 0, cold.stderr);
+    // Flip 4 bytes inside the cached big layer.
+    const blob = join(cache, "blobs", "sha256", image.layers[0].digest.slice(7));
+    const bytes = await Deno.readFile(blob);
+    for (let i = 0; i < 4; i++) bytes[5 * MiB + i] ^= 0xff;
+    await Deno.writeFile(blob, bytes);
+    reset();
+    const warm = await cli(args("b.tar"), dir);
+    if (warm.code === 0) {
+      // Repaired on the fly: downloaded again, with a notice.
+      assert.deepEqual(await verifyArchive(join(dir, "b.tar"), expectedArchive(image)), []);
+      assert.ok(blobGets() > 0, "the damaged layer was downloaded again");
+    } else {
+      // Refused: exit 5, nothing written, the damaged entry evicted for the next run.
+      assert.equal(warm.code, 5, warm.stderr);
+      assert.match(warm.stderr, /damaged/);
+      assert.ok(!(await Deno.lstat(join(dir, "b.tar")).then(() => true, () => false)));
+      assert.ok(!(await Deno.lstat(blob).then(() => true, () => false)), "entry not evicted");
+      const again = await cli(args("b.tar"), dir);
+      assert.equal(again.code, 0, again.stderr);
+      assert.deepEqual(await verifyArchive(join(dir, "b.tar"), expectedArchive(image)), []);
+    }
+    assert.deepEqual(
+      (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(),
+      ["a.tar", "b.tar", "cache"],
+    );
   });
 });
