@@ -20,7 +20,7 @@ import { registerSecret } from "./lib/redact.ts";
 import { describePlatform } from "./lib/platform.ts";
 import { listImagePlatforms, pull, repoTagFromName, requestedPlatform } from "./lib/pull.ts";
 import { parseReference } from "./lib/reference.ts";
-import { VERSION } from "./lib/version.ts";
+import { VERSION, versionText } from "./lib/version.ts";
 import { writeErr, writeOut } from "./cli/output.ts";
 import { humanBytes, ProgressRenderer } from "./cli/progress.ts";
 
@@ -185,7 +185,7 @@ export async function main(args: string[]): Promise<number> {
       return ExitCode.ok;
     }
     if (values.version) {
-      writeOut(`imgpull ${VERSION}`);
+      writeOut(versionText());
       return ExitCode.ok;
     }
     const quiet = values.quiet ?? false;

@@ -14,12 +14,12 @@ import {
   NetworkError,
   NotFoundError,
 } from "./errors.ts";
-import { VERSION } from "./version.ts";
+import { userAgent } from "./version.ts";
 import { registerSecret } from "./redact.ts";
 import { encodeBase64Text } from "./encoding.ts";
 
 /** Sent with every request. */
-export const USER_AGENT = `imgpull/${VERSION}`;
+export const USER_AGENT = userAgent();
 
 const MAX_REDIRECTS = 10;
 /** Registry error bodies are small; never read more than this of one. */

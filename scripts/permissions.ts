@@ -5,7 +5,11 @@
  * @module
  */
 
-/** The variables imgpull reads (docker config, default platform, credential helpers, cache). */
+/**
+ * The variables imgpull reads: docker config, default platform, credential helpers, cache, and
+ * the proxy variables (Deno uses them without any permission; reading them lets an error name the
+ * proxy that failed).
+ */
 export const ALLOWED_ENV = [
   "HOME",
   "DOCKER_CONFIG",
@@ -13,6 +17,14 @@ export const ALLOWED_ENV = [
   "PATH",
   "XDG_CACHE_HOME",
   "LOCALAPPDATA",
+  "HTTPS_PROXY",
+  "https_proxy",
+  "HTTP_PROXY",
+  "http_proxy",
+  "ALL_PROXY",
+  "all_proxy",
+  "NO_PROXY",
+  "no_proxy",
 ] as const;
 
 /** `deno run` / `deno compile` permission flags, exactly as the README documents them. */

@@ -5,14 +5,9 @@
  */
 import { type CommandResult, run } from "./process.ts";
 
-/** The documented permissions (README "Permissions"; deno.json task "pull"). */
-export const PERMISSIONS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-env=HOME,DOCKER_CONFIG,DOCKER_DEFAULT_PLATFORM,PATH,XDG_CACHE_HOME,LOCALAPPDATA",
-  "--allow-run",
-];
+/** The documented permissions (README "Permissions"; one list in scripts/permissions.ts). */
+export { PERMISSIONS } from "../../scripts/permissions.ts";
+import { PERMISSIONS } from "../../scripts/permissions.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 

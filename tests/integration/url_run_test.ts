@@ -12,7 +12,9 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 Deno.test("cli: runs from a URL with the documented permissions", async () => {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
     const path = new URL(req.url).pathname;
-    if (!/^\/(main\.ts|lib\/[a-z_/]+\.ts)$/.test(path)) return new Response("no", { status: 404 });
+    if (!/^\/(main\.ts|(lib|cli)\/[a-z_/]+\.ts)$/.test(path)) {
+      return new Response("no", { status: 404 });
+    }
     try {
       return new Response(await Deno.readFile(`${ROOT}${path.slice(1)}`), {
         headers: { "content-type": "application/typescript" },
