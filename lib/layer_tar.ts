@@ -155,6 +155,8 @@ class ByteSource {
 
   /** Exactly `n` bytes (a copy); undefined when the stream ends before the first byte. */
   async exactly(n: number): Promise<Uint8Array | undefined> {
+    // Fast path: a view of the current chunk (callers never write to it).
+    if (this.#chunk.byteLength - this.#pos >= n) return await this.take(n);
     const out = new Uint8Array(n);
     let filled = 0;
     while (filled < n) {
@@ -188,10 +190,16 @@ function padding(size: number): number {
 
 /** A NUL-terminated header field as a byte string. */
 function field(header: Uint8Array, start: number, length: number): string {
-  const bytes = header.subarray(start, start + length);
-  const end = bytes.indexOf(0);
-  return bytesToByteString(end >= 0 ? bytes.subarray(0, end) : bytes);
+  let end = start;
+  let ascii = true;
+  for (; end < start + length && header[end] !== 0; end++) if (header[end] > 0x7f) ascii = false;
+  if (end === start) return "";
+  const bytes = header.subarray(start, end);
+  // ASCII decodes the same as bytes, and the native decoder is much faster.
+  return ascii ? asciiDecoder.decode(bytes) : bytesToByteString(bytes);
 }
+
+const asciiDecoder = new TextDecoder();
 
 /** Parses "%d %s=%s\n" records (values are byte strings). */
 function parsePax(data: Uint8Array, what: string): Map<string, string> {
@@ -269,10 +277,18 @@ function numeric(
     }
     return Number(value);
   }
-  const text = field(header, start, length).replace(/^ +| +$/g, "");
-  if (text === "") return 0;
-  if (!/^[0-7]+$/.test(text)) throw new InvalidContentError(`${what}: ${name} is not a number`);
-  const value = parseInt(text, 8);
+  // Octal digits, optionally surrounded by spaces, ended by NUL or the field's end.
+  let i = start;
+  const end = start + length;
+  while (i < end && header[i] === 0x20) i++;
+  let value = 0;
+  for (; i < end && header[i] >= 0x30 && header[i] <= 0x37; i++) {
+    value = value * 8 + header[i] - 0x30;
+  }
+  while (i < end && header[i] === 0x20) i++;
+  if (i < end && header[i] !== 0) {
+    throw new InvalidContentError(`${what}: ${name} is not a number`);
+  }
   if (!Number.isSafeInteger(value)) throw new InvalidContentError(`${what}: ${name} out of range`);
   return value;
 }

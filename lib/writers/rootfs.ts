@@ -13,12 +13,14 @@
  *   (entries of the same layer stay, wherever they sit in the tar);
  *   whiteouts are never written; root-level `.wh..wh.*` (AUFS metadata) is
  *   skipped, as moby does;
- * - missing parent directories are created (mode 0755, root, mtime 0);
+ * - missing parent directories are created as moby's layer application
+ *   creates them: mode 0600, root, mtime 0 ({@link IMPLICIT_DIR_MODE});
  * - a hard link shares the file its target names **at that moment**: a
  *   later replacement or removal of the target path leaves the link's
- *   content as it was (moby links inodes). In the output, the surviving
- *   paths of one file are one regular entry (the first surviving path)
- *   and hard links to it;
+ *   content as it was (moby links inodes). Like moby, the link entry's own
+ *   mode, owner, mtime and xattrs are then applied to the shared file. In
+ *   the output, the surviving paths of one file are one regular entry (the
+ *   first surviving path) and hard links to it;
  * - modes (setuid, setgid, sticky), owners (ids and names), mtimes,
  *   symlinks, devices, FIFOs and xattrs are kept. Names longer than ustar
  *   allows, non-ASCII names and link names, big ids and sizes, fractional
@@ -184,7 +186,9 @@ interface Inode {
   ordinal: number;
   /** Surviving paths, in the order they were made; the first is written as the file. */
   links: Set<Node>;
-  /** Metadata of the source entry, set in pass 2 for the hard links that follow it. */
+  /** Metadata the last hard link entry to it applied (moby chmods/chowns the shared inode). */
+  relinked?: LayerTarHeader;
+  /** Metadata of the written entry, set in pass 2 for the hard links that follow it. */
   header?: LayerTarHeader;
   emittedAs?: string;
 }
@@ -213,6 +217,11 @@ type Action =
   | { type: "link"; node: Node }
   /** Write a symlink, device or FIFO. */
   | { type: "special"; node: Node };
+
+/** The metadata a hard link entry leaves on its file: its own, xattrs added to earlier ones. */
+function relink(previous: LayerTarHeader | undefined, link: LayerTarHeader): LayerTarHeader {
+  return { ...link, xattrs: new Map([...previous?.xattrs ?? [], ...link.xattrs]) };
+}
 
 function pathOf(node: Node): string {
   const parts: string[] = [];
@@ -301,7 +310,8 @@ export class RootfsPlan {
       const n = stack.pop()!;
       this.size--;
       n.inode?.links.delete(n);
-      if (n.children) stack.push(...n.children.values());
+      // No spread: a directory may hold more children than a call takes arguments.
+      for (const child of n.children?.values() ?? []) stack.push(child);
     }
   }
 
@@ -396,6 +406,7 @@ export class RootfsPlan {
     if (h.kind === "hardlink") {
       node.inode = this.#linkTarget(h);
       node.inode.links.add(node);
+      node.inode.relinked = relink(node.inode.relinked, h);
     } else if (h.kind === "file") {
       node.inode = { layer, ordinal, links: new Set([node]) };
     } else if (h.kind === "directory") {
@@ -412,7 +423,7 @@ export class RootfsPlan {
     const stack = [this.root];
     while (stack.length > 0) {
       const node = stack.pop()!;
-      if (node.children) stack.push(...node.children.values());
+      if (node.children) { for (const child of node.children.values()) stack.push(child); }
       else if (node.inode) {
         const inode = node.inode;
         const first = inode.links.values().next().value;
@@ -518,7 +529,7 @@ function headerBlock(
   putBytes(h, 345, 155, names.prefix);
   h.fill(0x20, 148, 156);
   let sum = 0;
-  for (const b of h) sum += b;
+  for (let i = 0; i < BLOCK; i++) sum += h[i];
   putBytes(h, 148, 8, sum.toString(8).padStart(6, "0") + "\0 ");
   return h;
 }
@@ -593,8 +604,10 @@ class TarOutput {
 
   async write(bytes: Uint8Array): Promise<void> {
     this.written += bytes.byteLength;
-    if (bytes.byteLength > this.#buffer.byteLength - this.#used) await this.#flush();
-    if (bytes.byteLength >= 64 * KiB) {
+    const direct = bytes.byteLength >= 64 * KiB;
+    // Buffered bytes always go first.
+    if (direct || bytes.byteLength > this.#buffer.byteLength - this.#used) await this.#flush();
+    if (direct) {
       await this.#writer.write(bytes);
       return;
     }
@@ -677,10 +690,16 @@ export async function planRootfs(
   return plan;
 }
 
+/**
+ * Mode of directories no entry names but a path needs: moby's `UnpackLayer`
+ * creates them with 0600 (and `docker export` shows that).
+ */
+export const IMPLICIT_DIR_MODE = 0o600;
+
 const IMPLICIT_DIR: Omit<LayerTarHeader, "name"> = {
   kind: "directory",
   size: 0,
-  mode: 0o755,
+  mode: IMPLICIT_DIR_MODE,
   uid: 0,
   gid: 0,
   uname: "",
@@ -771,10 +790,23 @@ async function emitLayer(
         const inode = action.inode;
         const node = inode.links.values().next().value!;
         const path = pathOf(node);
-        inode.header = h;
+        const r = inode.relinked;
+        const header: LayerTarHeader = r
+          ? {
+            ...h,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            uname: r.uname,
+            gname: r.gname,
+            mtime: r.mtime,
+            xattrs: new Map([...h.xattrs, ...r.xattrs]),
+          }
+          : h;
+        inode.header = header;
         inode.emittedAs = path;
         await emitter.parents(node);
-        await emitter.entry({ ...h, name: path });
+        await emitter.entry({ ...header, name: path });
         for await (const chunk of reader.content()) await emitter.out.write(chunk);
         await emitter.out.write(new Uint8Array(padding(h.size)));
         emitter.contentBytes += h.size;

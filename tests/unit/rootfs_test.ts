@@ -252,7 +252,7 @@ Deno.test("rootfs: hard links keep the content their target had when they were m
     [
       { name: "g", content: "g2" },
       { name: "lower-link", type: "link", linkname: "same-layer" },
-      { name: "chain", type: "link", linkname: "lower-link" },
+      { name: "chain", type: "link", linkname: "lower-link", mode: 0o600, uid: 9, mtime: 5 },
     ],
     [whiteout("f"), whiteout("same-layer")],
   ]);
@@ -261,12 +261,14 @@ Deno.test("rootfs: hard links keep the content their target had when they were m
   assert.equal(t.get("f"), undefined);
   assert.equal(content(t, "lower-link"), "v1");
   assert.equal(content(t, "chain"), "v1");
-  // One regular entry with the content, the other name a hard link with the same metadata.
+  // One regular entry with the content, the other name a hard link with the same metadata:
+  // the last link entry's, which moby applies to the shared file.
   const kinds = ["lower-link", "chain"].map((p) => t.get(p)!.kind).sort();
   assert.deepEqual(kinds, ["file", "hardlink"]);
   for (const p of ["lower-link", "chain"]) {
-    assert.deepEqual([t.get(p)!.mode, t.get(p)!.uid], [0o640, 7]);
+    assert.deepEqual([t.get(p)!.mode, t.get(p)!.uid, t.get(p)!.mtime], [0o600, 9, 5]);
   }
+  assert.deepEqual([t.get("to-be-replaced-link")!.mode, t.get("g")!.mode], [0o644, 0o644]);
 });
 
 Deno.test("rootfs: symlinks, modes, owners, devices, FIFOs, xattrs, long and UTF-8 names", async () => {
@@ -290,11 +292,12 @@ Deno.test("rootfs: symlinks, modes, owners, devices, FIFOs, xattrs, long and UTF
   assert.deepEqual(t.get("xattr-file")!.xattrs, { "user.test": "hello" });
   assert.equal(t.get("xattr-file")!.mtime, 1_600_000_000.5);
   const original = t.get("data/link-to-lower")!;
+  // The content of the first file; the owner the last hard link entry gave it.
   assert.deepEqual([original.kind, original.text, original.uid, original.uname], [
     "file",
     "original-1\n",
-    1000,
-    "user",
+    0,
+    "root",
   ]);
   assert.equal(content(t, "data/link-to-replaced"), "replaced-1\n");
   assert.equal(content(t, "data/replaced"), "replaced-2\n");
@@ -304,7 +307,8 @@ Deno.test("rootfs: symlinks, modes, owners, devices, FIFOs, xattrs, long and UTF
     "opaque",
     "opaque/new",
   ]);
-  assert.deepEqual([t.get("implicit")!.kind, t.get("implicit")!.mode], ["directory", 0o755]);
+  // Implicit parents: mode 0600, as moby's layer application makes them.
+  assert.deepEqual([t.get("implicit")!.kind, t.get("implicit")!.mode], ["directory", 0o600]);
   assert.equal(t.get("late-dir")!.mode, 0o700);
 });
 
@@ -373,6 +377,33 @@ Deno.test("rootfs: gzip and multi-frame zstd layers, diff_ids checked", async ()
     assert.equal(written.length, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("rootfs: big files stream through in order, between small entries", async () => {
+  const big = new Uint8Array(3 * 1024 * 1024 + 77).map((_, i) => (i * 7919) % 251);
+  for (const compression of ["none", "gzip"] as const) {
+    const result = await flatten([[
+      { name: "small1", content: "a" },
+      { name: "big", content: big },
+      { name: "small2", content: "b" },
+    ]], { compression });
+    assert.ifError(result.error);
+    const reader = new LayerTarReader((async function* () {
+      yield result.tar;
+    })());
+    const got: Record<string, string> = {};
+    for (let h = await reader.next(); h; h = await reader.next()) {
+      const parts: Uint8Array[] = [];
+      for await (const part of reader.content()) parts.push(part.slice());
+      got[h.name] = digestOf(concat(parts));
+    }
+    await reader.close();
+    assert.deepEqual(got, {
+      small1: digestOf(new TextEncoder().encode("a")),
+      big: digestOf(big),
+      small2: digestOf(new TextEncoder().encode("b")),
+    });
   }
 });
 
@@ -451,3 +482,29 @@ for (const attack of attackLayers()) {
     assert.ok(result.aborted, "output not aborted");
   });
 }
+
+/** A layer of `n` FIFOs `d/f000000`…: one header patched per entry (the builder is slower). */
+function manyFifos(n: number): Uint8Array<ArrayBuffer> {
+  const template = buildTar([{ name: "d/f000000", type: "fifo" }], { end: false });
+  const out = new Uint8Array((n + 2) * 512);
+  for (let i = 0; i < n; i++) {
+    const h = out.subarray(i * 512, (i + 1) * 512);
+    h.set(template);
+    h.set(new TextEncoder().encode(String(i).padStart(6, "0")), 3);
+    h.fill(0x20, 148, 156);
+    let sum = 0;
+    for (let j = 0; j < 512; j++) sum += h[j];
+    h.set(new TextEncoder().encode(sum.toString(8).padStart(6, "0") + "\0 "), 148);
+  }
+  return out;
+}
+
+Deno.test("rootfs: a directory with 200k entries, removed by a whiteout", async () => {
+  const files = manyFifos(200_000);
+  const result = await flatten([files, [whiteout("d")], [{ name: "d/again", content: "x" }]]);
+  assert.ifError(result.error);
+  assert.equal(result.summary!.entries, 2);
+  const wide = await flatten([files]);
+  assert.ifError(wide.error);
+  assert.equal(wide.summary!.entries, 200_001);
+});
