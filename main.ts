@@ -224,7 +224,9 @@ export async function main(args: string[]): Promise<number> {
       return ExitCode.ok;
     }
     if (values["import-tar"]) {
-      const { layers, bytes } = await importTar(cacheDir!, values["import-tar"], renderer.handle);
+      const { layers, bytes } = await importTar(cacheDir!, values["import-tar"], renderer.handle, {
+        signal: abort.signal,
+      });
       renderer.line(
         `[+] Imported ${layers} layers (${humanBytes(bytes)}) from ${values["import-tar"]} ` +
           `into ${cacheDir}`,

@@ -327,7 +327,7 @@ export async function downloadBlob(
     onEvent({ type: "blob-done", digest, size: existing, reused: true });
     const path = store.blobPath(digest);
     // The modification time records the last use, for pruning by age.
-    if (store.persistent) await Deno.utime(path, new Date(), new Date()).catch(() => {});
+    if (store.persistent) await store.touch(digest);
     return { path, inOutput: false };
   };
   const cached = await reuse();
@@ -360,7 +360,11 @@ export async function downloadBlob(
       const sinks: BlobSink[] = [];
       if (primary) sinks.push({ path: primary, offset: 0 });
       if (mirrored) sinks.push(options.output!);
-      if (primary && !resume) await createEmpty(primary);
+      if (primary && !resume) {
+        // The cache's partial is created without following a link someone may have planted.
+        if (resumable) await store.createPartial(digest);
+        else await createEmpty(primary);
+      }
       if (resume) {
         onEvent({
           type: "debug",

@@ -34,7 +34,7 @@ import {
   resolveImage,
 } from "./resolve.ts";
 import { Semaphore } from "./semaphore.ts";
-import { BlobStore, localIoError } from "./store.ts";
+import { BlobStore, CacheEntryCorruptError, localIoError } from "./store.ts";
 import { registryTls } from "./tls.ts";
 import { ArchiveFile, type ArchiveLayer, writeDockerArchive } from "./writers/docker_archive.ts";
 
@@ -417,7 +417,7 @@ async function pullImageLayers(
     }
     // zstd layers are archived uncompressed, whatever the cache holds (see convertZstdLayer).
     const zstd = layerCompression(layer.mediaType) === "zstd";
-    if (!zstd && await store.size(layer.digest) === layer.size) {
+    if (!zstd && await store.use(layer.digest) === layer.size) {
       return { ...archived, path: store.blobPath(layer.digest) };
     }
     // A layer with the same content, e.g. from --import-tar or an earlier zstd conversion,
@@ -447,7 +447,7 @@ async function pullImageLayers(
   // Converted in this run: their blob-done was reported by the download.
   const converted = new Set<string>();
   await runAll(run, zstd, async ({ layer, index }) => {
-    const cached = await store.size(layer.digest) === layer.size;
+    const cached = await store.use(layer.digest) === layer.size;
     const path = cached
       ? store.blobPath(layer.digest)
       : (await downloadBlob(run.client, layer, store, downloadOptions(run, index))).path;
@@ -476,8 +476,29 @@ async function pullImageLayers(
         if (!converted.has(l.digest)) {
           onEvent({ type: "blob-done", digest: l.digest, size: l.size, reused: true });
         }
-        await archive.copyIn(l.digest, l.path);
-        return;
+        try {
+          await archive.copyIn(l.digest, l.path, { signal: run.signal });
+          return;
+        } catch (e) {
+          // A damaged cache entry (evicted by copyIn) is fetched again into its place; a
+          // layer archived in another form (found by diff_id, converted from zstd) cannot be.
+          const descriptor = manifest.layers[index];
+          if (!(e instanceof CacheEntryCorruptError) || l.digest !== descriptor.digest) throw e;
+          onEvent({
+            type: "warning",
+            message: `cached layer ${shortDigest(l.digest)} is damaged (its content does not ` +
+              `match its digest); removed from the cache and downloading it again`,
+          });
+          const options = downloadOptions(run, index, {
+            path: archive.path,
+            offset: archive.layerOffset(l.digest),
+          });
+          const result = await downloadBlob(run.client, descriptor, store, options);
+          if (!result.inOutput) {
+            await archive.copyIn(l.digest, result.path!, { signal: run.signal });
+          }
+          return;
+        }
       }
       const descriptor = manifest.layers[index];
       const options = downloadOptions(run, index, {
@@ -495,7 +516,7 @@ async function pullImageLayers(
           registryError: e,
         });
       }
-      if (!result.inOutput) await archive.copyIn(l.digest, result.path!);
+      if (!result.inOutput) await archive.copyIn(l.digest, result.path!, { signal: run.signal });
     });
     await archive.commit();
   } catch (e) {
