@@ -130,9 +130,8 @@
  *
  * @module
  */
+export { connect, type ConnectOptions } from "./connect.ts";
 export {
-  connect,
-  type ConnectOptions,
   defaultOutputName,
   listImagePlatforms,
   pull,
