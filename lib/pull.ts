@@ -434,7 +434,7 @@ async function pullImageLayers(
           });
           const options = downloadOptions(run, index, {
             path: archive.path,
-            offset: archive.layerOffset(l.digest),
+            offset: archive.blobOffset(l.digest),
           });
           const result = await downloadBlob(run.client, descriptor, store, options);
           if (!result.inOutput) {
@@ -446,7 +446,7 @@ async function pullImageLayers(
       const descriptor = manifest.layers[index];
       const options = downloadOptions(run, index, {
         path: archive.path,
-        offset: archive.layerOffset(l.digest),
+        offset: archive.blobOffset(l.digest),
       });
       let result: DownloadedBlob;
       try {
