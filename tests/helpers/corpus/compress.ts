@@ -39,20 +39,36 @@ function gzip(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(gzipSync(bytes, { level: 6 }));
 }
 
-/** Compresses with the `zstd` CLI (one frame per call, content size in the frame header). */
-async function zstdCli(bytes: Uint8Array): Promise<Uint8Array> {
-  const child = new Deno.Command("zstd", {
-    args: ["-q", "-3", "-c", "-"],
+/**
+ * Runs `cmd` with `input` on stdin and returns its stdout. Writing and reading happen at once:
+ * writing everything first deadlocks as soon as the output outgrows the pipe buffer.
+ */
+export async function filter(cmd: string, args: string[], input: Uint8Array): Promise<Uint8Array> {
+  const child = new Deno.Command(cmd, {
+    args,
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(bytes);
-  await writer.close();
-  const out = await child.output();
-  if (out.code !== 0) throw new Error(`zstd failed: ${new TextDecoder().decode(out.stderr)}`);
+  const write = (async () => {
+    const writer = child.stdin.getWriter();
+    try {
+      await writer.write(input);
+      await writer.close();
+    } catch {
+      // The child exited early; its exit status tells why.
+    }
+  })();
+  const [out] = await Promise.all([child.output(), write]);
+  if (out.code !== 0) {
+    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
   return new Uint8Array(out.stdout);
+}
+
+/** Compresses with the `zstd` CLI (one frame per call, content size in the frame header). */
+function zstdCli(bytes: Uint8Array): Promise<Uint8Array> {
+  return filter("zstd", ["-q", "-3", "-c", "-"], bytes);
 }
 
 /** A zstd skippable frame: magic 0x184D2A50 (LE), payload size (LE u32), payload. */

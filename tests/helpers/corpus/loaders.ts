@@ -18,6 +18,7 @@ import { gunzipSync } from "node:zlib";
 import type { Dockerd } from "../dockerd.ts";
 import { type CommandResult, run } from "../process.ts";
 import type { CorpusContainerd } from "./services.ts";
+import { filter } from "./compress.ts";
 import {
   diffListings,
   flattenLayers,
@@ -309,18 +310,7 @@ export async function readArchive(path: string): Promise<ArchiveInfo> {
 export async function layerTar(blob: Uint8Array): Promise<Uint8Array> {
   if (blob[0] === 0x1f && blob[1] === 0x8b) return new Uint8Array(gunzipSync(blob));
   if (blob[0] === 0x28 && blob[1] === 0xb5 && blob[2] === 0x2f && blob[3] === 0xfd) {
-    const child = new Deno.Command("zstd", {
-      args: ["-dcq"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(blob);
-    await writer.close();
-    const out = await child.output();
-    if (out.code !== 0) throw new Error("zstd -d failed");
-    return new Uint8Array(out.stdout);
+    return await filter("zstd", ["-dcq"], blob);
   }
   return blob;
 }
