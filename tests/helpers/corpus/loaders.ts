@@ -238,7 +238,9 @@ export async function proveCtr(
     if (!line) return fail(`ctr lists no ${name}: ${oneLine(listed.stdout)}`);
     // REF TYPE DIGEST SIZE(two words) PLATFORMS LABELS
     const platforms = line.trim().split(/\s+/)[5] ?? "";
-    if (!platforms.split(",").includes(expect.platform)) {
+    // containerd prints arm64/v8 as linux/arm64 (its normal form): the same platform.
+    const normal = (p: string) => p.replace(/^linux\/arm64\/v8$/, "linux/arm64");
+    if (!platforms.split(",").map(normal).includes(normal(expect.platform))) {
       return fail(`ctr lists ${name} with platform ${platforms}, expected ${expect.platform}`);
     }
     let listing: FsListing = new Map();
@@ -332,7 +334,19 @@ export async function skopeoReference(source: string, workDir: string): Promise<
     `oci:${out}`,
   ]);
   if (r.code !== 0) throw new Error(`skopeo copy ${source} exited ${r.code}: ${oneLine(r.stderr)}`);
-  const blob = (digest: string) => Deno.readFile(join(out, "blobs", ...digest.split(":")));
+  const blob = async (digest: string) => {
+    try {
+      return await Deno.readFile(join(out, "blobs", ...digest.split(":")));
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      // skopeo leaves foreign (non-distributable) layers out of the layout: take the blob from
+      // the registry, which has it too.
+      const [, host, repo] = source.match(/^([^/]+)\/(.+?)[@:][^/]+$/) ?? [];
+      const res = await fetch(`http://${host}/v2/${repo}/blobs/${digest}`);
+      if (res.status !== 200) throw new Error(`reference blob ${digest}: HTTP ${res.status}`);
+      return new Uint8Array(await res.arrayBuffer());
+    }
+  };
   const index = JSON.parse(await Deno.readTextFile(join(out, "index.json")));
   const manifest = JSON.parse(new TextDecoder().decode(await blob(index.manifests[0].digest)));
   const tars = [];

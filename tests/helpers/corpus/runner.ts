@@ -6,7 +6,8 @@
  * @module
  */
 import { join } from "node:path";
-import { imgpull } from "../cli.ts";
+import { imgpull, PERMISSIONS } from "../cli.ts";
+import { run } from "../process.ts";
 import {
   type Check,
   type LoaderName,
@@ -21,12 +22,37 @@ import type { Row, RowContext } from "./rows.ts";
 import type { CorpusServices } from "./services.ts";
 import type { FsListing } from "./tar.ts";
 
+/**
+ * `CORPUS_MAIN`: another main.ts to run (e.g. a `git archive` of a commit, while the working
+ * tree is being edited); otherwise the checkout's own CLI through tests/helpers/cli.ts.
+ */
+const OTHER_MAIN = Deno.env.get("CORPUS_MAIN");
+const DENO_DIR = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`;
+
+function pullCli(args: string[], opts: { cwd: string; env: Record<string, string> }) {
+  if (!OTHER_MAIN) return imgpull(args, opts);
+  return run(Deno.execPath(), [
+    "run",
+    "--quiet",
+    "--no-config",
+    ...PERMISSIONS,
+    OTHER_MAIN,
+    ...args,
+  ], {
+    cwd: opts.cwd,
+    env: { NO_COLOR: "1", DENO_DIR, ...opts.env },
+  });
+}
+
 /** One pull (cold or warm) and what the loaders made of its archive. */
 export interface PhaseResult {
   pull: Check;
   /** Loaders that were due for this row; absent ones are not part of the row's expectation. */
   loaders: Partial<Record<LoaderName, Check>>;
   seconds: number;
+  /** What imgpull printed on stderr, and the archive's RepoTags (for the verbose report). */
+  stderr: string;
+  repoTags?: string[];
 }
 
 /** Everything a row produced. */
@@ -114,7 +140,7 @@ async function runPhase(
   const started = performance.now();
   const cwd = join(rowDir, phase);
   await Deno.mkdir(cwd);
-  const result = await imgpull([
+  const result = await pullCli([
     prepared.ref,
     "--cache-dir",
     join(rowDir, "cache"),
@@ -149,7 +175,16 @@ async function runPhase(
     const checks = await Promise.all(due.map((l) => guard(jobs[l]())));
     due.forEach((l, i) => (loaders[l] = checks[i]));
   }
-  return { pull: check, loaders, seconds: (performance.now() - started) / 1000 };
+  const repoTags = archive
+    ? await readArchive(archive).then((i) => i.repoTags, () => undefined)
+    : undefined;
+  return {
+    pull: check,
+    loaders,
+    seconds: (performance.now() - started) / 1000,
+    stderr: result.stderr,
+    repoTags,
+  };
 }
 
 /** Builds, pushes, takes the reference, then pulls cold and warm. Never throws. */
@@ -248,4 +283,17 @@ export function summaryTable(results: RowResult[]): string {
     lines.push(`| ${cells.join(" | ")} |`);
   }
   return lines.join("\n");
+}
+
+/** Per row and phase: imgpull's stderr and the archive's RepoTags. */
+export function details(results: RowResult[]): string {
+  const out: string[] = [];
+  for (const r of results) {
+    for (const [name, phase] of [["cold", r.cold], ["warm", r.warm]] as const) {
+      if (!phase) continue;
+      out.push(`--- ${r.row.id} (${name}) RepoTags ${JSON.stringify(phase.repoTags ?? null)}`);
+      out.push(phase.stderr.trim().split("\n").map((l) => `    ${l}`).join("\n"));
+    }
+  }
+  return out.join("\n");
 }
