@@ -33,6 +33,14 @@ export interface RegistryClientOptions {
   tls?: TlsOptions;
   /** Use plain HTTP for a registry that is not on loopback. */
   plainHttp?: boolean;
+  /**
+   * An insecure registry (registries.conf `insecure`, daemon.json `insecure-registries`): HTTPS
+   * first, plain HTTP when HTTPS cannot connect, as for loopback registries; credentials may
+   * then travel over HTTP.
+   */
+  insecure?: boolean;
+  /** The API root path (default "/v2"); a mirror may live under a path prefix ("/cache/v2"). */
+  apiRoot?: string;
   /** Resolves the credential to use, if any (called lazily, at most once). */
   credential?: () => Promise<Credential | undefined>;
   /** Debug log sink; never receives secrets. */
@@ -73,8 +81,13 @@ export class RegistryClient {
       log: options.log,
       signal: options.signal,
       stallTimeoutMs: options.stallTimeoutMs,
-      plainHttp: options.plainHttp,
+      plainHttp: options.plainHttp || options.insecure,
     });
+  }
+
+  /** The API root path, without a trailing slash ("/v2" unless configured). */
+  get apiRoot(): string {
+    return (this.options.apiRoot ?? "/v2").replace(/\/+$/, "");
   }
 
   /** `scheme://host` chosen by {@link ping}. */
@@ -98,10 +111,10 @@ export class RegistryClient {
     try {
       await this.retrying("ping", (signal) => this.#pingBase(`https://${host}`, signal));
     } catch (httpsError) {
-      if (!isTransportFailure(httpsError) || !isLoopbackRegistry(this.options.registry)) {
-        throw httpsError;
-      }
-      this.options.log?.(`HTTPS to ${host} failed, trying plain HTTP (loopback registry)`);
+      const insecure = this.options.insecure || isLoopbackRegistry(this.options.registry);
+      if (!isTransportFailure(httpsError) || !insecure) throw httpsError;
+      const why = this.options.insecure ? "insecure registry" : "loopback registry";
+      this.options.log?.(`HTTPS to ${host} failed, trying plain HTTP (${why})`);
       try {
         await this.retrying("ping", (signal) => this.#pingBase(`http://${host}`, signal));
       } catch (httpError) {
@@ -137,7 +150,7 @@ export class RegistryClient {
   }
 
   async #pingBase(base: string, signal?: AbortSignal): Promise<void> {
-    const response = await this.#transport.fetch(`${base}/v2/`, {
+    const response = await this.#transport.fetch(`${base}${this.apiRoot}/`, {
       signal: signal ?? this.options.signal,
     });
     // A registry that answers plain HTTP (other than "this is an HTTPS port") speaks it.
@@ -150,7 +163,7 @@ export class RegistryClient {
     }
     if (!response.ok) {
       this.#base = undefined;
-      throw await errorForResponse(response, `registry API at ${base}/v2/`);
+      throw await errorForResponse(response, `registry API at ${base}${this.apiRoot}/`);
     }
     await response.body?.cancel();
     this.#base = base;
@@ -162,7 +175,7 @@ export class RegistryClient {
    * status.
    */
   async #get(path: string, headers: HeadersInit, signal?: AbortSignal): Promise<Response> {
-    const url = `${this.baseUrl}/v2/${this.options.repository}/${path}`;
+    const url = `${this.baseUrl}${this.apiRoot}/${this.options.repository}/${path}`;
     for (let attempt = 0;; attempt++) {
       const authorization = await this.#session.authorization();
       const requestHeaders = new Headers(headers);
@@ -187,6 +200,7 @@ export class RegistryClient {
         "accept-encoding": "identity",
       }, signal);
       if (!response.ok) throw await errorForResponse(response, what);
+      this.options.log?.(`manifest ${reference} served by ${this.endpointName}`);
       return {
         bytes: await readCapped(response, MAX_MANIFEST_BYTES, what),
         contentType: response.headers.get("content-type"),
@@ -212,7 +226,18 @@ export class RegistryClient {
         `blob ${digest} in ${this.options.registry}/${this.options.repository}`,
       );
     }
+    // Once per blob, not per segment or retry.
+    if (!init.range || init.range.start === 0) {
+      this.options.log?.(`blob ${digest} served by ${this.endpointName}`);
+    }
     return response;
+  }
+
+  /** Where requests go, for messages: `scheme://host[/prefix]/repository`. */
+  get endpointName(): string {
+    const prefix = this.apiRoot === "/v2" ? "" : this.apiRoot.replace(/\/v2$/, "");
+    const base = this.#base ?? registryApiHost(this.options.registry);
+    return `${base}${prefix}/${this.options.repository}`;
   }
 
   /** Closes the connection pool. */

@@ -91,3 +91,37 @@ export async function registryTls(
   }
   return tls;
 }
+
+/**
+ * TLS options for one endpoint: {@link registryTls} for its host, plus the CA files and client
+ * certificate pairs its configuration names (containerd hosts.toml `ca` and `client`; a pair
+ * with an empty key path is one file holding both). The first client pair wins.
+ */
+export async function endpointTls(
+  registryHost: string,
+  options: {
+    caCertFiles?: readonly string[];
+    certsDirs?: readonly string[];
+    caFiles?: readonly string[];
+    clientPairs?: readonly (readonly [string, string])[];
+  },
+): Promise<TlsOptions> {
+  const tls = await registryTls(
+    registryHost,
+    [...(options.caCertFiles ?? []), ...(options.caFiles ?? [])],
+    options.certsDirs,
+  );
+  const pair = options.clientPairs?.[0];
+  if (pair) {
+    const [certFile, keyFile] = [pair[0], pair[1] || pair[0]];
+    const cert = await readIfPresent(certFile);
+    const key = await readIfPresent(keyFile);
+    if (cert === undefined) throw new UsageError(`cannot read client certificate ${certFile}`);
+    if (key === undefined) throw new UsageError(`cannot read client key ${keyFile}`);
+    checkTls({ cert, key, files: [certFile, keyFile] });
+    tls.cert = cert;
+    tls.key = key;
+    tls.files = [...(tls.files ?? []), certFile, keyFile];
+  }
+  return tls;
+}

@@ -588,3 +588,94 @@ async function readCapped(
   }
   return new TextDecoder().decode(bytes);
 }
+
+/** Options for {@link lookupCredentialFor}: those of {@link lookupCredential}. */
+export type RepositoryCredentialOptions = CredentialLookupOptions;
+
+/**
+ * The containers-auth.json(5) files, in the order containers/image reads them:
+ * `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`; then
+ * `$XDG_CONFIG_HOME/containers/auth.json` (default `$HOME/.config/containers/auth.json`).
+ * containers/image's last resort without XDG_RUNTIME_DIR, `/run/containers/$UID/auth.json`, is
+ * not read (it would need the user id).
+ */
+export function authJsonPaths(env: EnvReader): string[] {
+  const paths: string[] = [];
+  const named = readEnv(env, "REGISTRY_AUTH_FILE");
+  const runtime = readEnv(env, "XDG_RUNTIME_DIR");
+  if (named) paths.push(named);
+  else if (runtime) paths.push(join(runtime, "containers", "auth.json"));
+  const configHome = readEnv(env, "XDG_CONFIG_HOME") ||
+    (readEnv(env, "HOME") ? join(readEnv(env, "HOME")!, ".config") : undefined);
+  if (configHome) paths.push(join(configHome, "containers", "auth.json"));
+  return paths;
+}
+
+/**
+ * containers/image's authKeysForKey: `host/a/b/c`, `host/a/b`, `host/a`, `host` — the most
+ * specific first.
+ */
+export function authKeysFor(registry: string, repository: string): string[] {
+  const keys: string[] = [];
+  let key = repository ? `${registry}/${repository}` : registry;
+  for (;;) {
+    keys.push(key);
+    const slash = key.lastIndexOf("/");
+    if (slash === -1) return keys;
+    key = key.slice(0, slash);
+  }
+}
+
+/**
+ * Credentials for `repository` at `registry` ("docker.io" for Hub, else "host[:port]"): the
+ * auth.json files first ({@link authJsonPaths}; in each, a `credHelpers` entry for the host, then
+ * the most specific `auths` key among `host/namespace/…/repo` … `host`, then any key naming the
+ * host as a URL), then Docker's config.json ({@link lookupCredential}). Only keys of this
+ * registry's host are ever used, so a mirror gets the mirror's credentials, never the upstream's.
+ */
+export async function lookupCredentialFor(
+  registry: string,
+  repository: string,
+  opts: RepositoryCredentialOptions,
+): Promise<Credential | undefined> {
+  for (const path of authJsonPaths(opts.env)) {
+    const text = await (opts.readFile ?? readTextFileIfExists)(path);
+    if (text === undefined || text.trim() === "") continue;
+    const found = await fromAuthJson(parseConfig(text, path), path, registry, repository, opts);
+    if (found) return found;
+  }
+  return await lookupCredential(registry, opts);
+}
+
+async function fromAuthJson(
+  config: DockerConfig,
+  path: string,
+  registry: string,
+  repository: string,
+  opts: RepositoryCredentialOptions,
+): Promise<Credential | undefined> {
+  const host = registry.toLowerCase();
+  const helper = field(config.credHelpers, host);
+  if (typeof helper === "string" && helper !== "") {
+    const found = await fromHelper(helper, "credHelpers", host, path, opts);
+    if (found) return { ...found, source: `${found.source} (${path})` };
+  }
+  for (const key of authKeysFor(host, repository)) {
+    if (Object.hasOwn(config.auths, key)) {
+      const found = fromAuthEntry(config.auths[key], key, path);
+      if (found) return { ...found, source: `${path} auths["${key}"]` };
+    }
+  }
+  const isHub = HUB_HOSTS.has(host);
+  for (const key of Object.keys(config.auths)) {
+    // URL-shaped keys ("https://host/v1/") name a whole host; plain keys with a path are
+    // namespace keys and match only exactly (above).
+    if (!key.includes("://") && key.includes("/")) continue;
+    const keyHost = hostnameOf(key);
+    if (keyHost === host || (isHub && HUB_HOSTS.has(keyHost))) {
+      const found = fromAuthEntry(config.auths[key], key, path);
+      if (found) return { ...found, source: `${path} auths["${key}"]` };
+    }
+  }
+  return undefined;
+}
