@@ -95,17 +95,89 @@ export function parseJson(text: string, file: string): unknown {
     const message = e instanceof Error ? e.message : String(e);
     const at = /line (\d+) column (\d+)/.exec(message);
     if (at) throw configError(file, `invalid JSON at column ${at[2]}`, Number(at[1]));
-    const position = /position (\d+)/.exec(message);
-    if (position) {
-      const line = text.slice(0, Number(position[1])).split("\n").length;
-      throw configError(file, "invalid JSON", line);
+    const offset = /position (\d+)/.exec(message)?.[1] ?? jsonErrorOffset(text);
+    const line = offset === undefined
+      ? undefined
+      : text.slice(0, Number(offset)).split("\n").length;
+    throw configError(file, "invalid JSON", line);
+  }
+}
+
+/**
+ * The offset of the first JSON syntax error in `text` (V8 does not always say where, and its
+ * message quotes the input). A small recursive-descent checker; undefined when none is found.
+ */
+export function jsonErrorOffset(text: string): number | undefined {
+  let i = 0;
+  const fail = (): never => {
+    throw i;
+  };
+  const space = () => {
+    while (i < text.length && " \t\r\n".includes(text[i])) i++;
+  };
+  const literal = (word: string) => {
+    if (text.startsWith(word, i)) i += word.length;
+    else fail();
+  };
+  const string = () => {
+    if (text[i] !== '"') fail();
+    i++;
+    while (i < text.length && text[i] !== '"') {
+      if (text[i] === "\\") i++;
+      else if (text.charCodeAt(i) < 0x20) fail();
+      i++;
     }
-    const end = message.includes("end of JSON input");
-    throw configError(
-      file,
-      end ? "invalid JSON (unexpected end of input)" : "invalid JSON",
-      end ? text.split("\n").length : undefined,
-    );
+    if (i >= text.length) fail();
+    i++;
+  };
+  const value = (depth: number): void => {
+    if (depth > 512) fail();
+    space();
+    const c = text[i];
+    if (c === "{" || c === "[") {
+      const close = c === "{" ? "}" : "]";
+      i++;
+      space();
+      if (text[i] === close) {
+        i++;
+        return;
+      }
+      for (;;) {
+        if (c === "{") {
+          space();
+          string();
+          space();
+          if (text[i] !== ":") fail();
+          i++;
+        }
+        value(depth + 1);
+        space();
+        if (text[i] === ",") {
+          i++;
+          continue;
+        }
+        if (text[i] === close) {
+          i++;
+          return;
+        }
+        fail();
+      }
+    }
+    if (c === '"') return string();
+    if (c === "t") return literal("true");
+    if (c === "f") return literal("false");
+    if (c === "n") return literal("null");
+    const number = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(i, i + 400));
+    if (!number) fail();
+    i += number![0].length;
+  };
+  try {
+    value(0);
+    space();
+    return i < text.length ? i : undefined;
+  } catch (at) {
+    if (typeof at === "number") return at;
+    throw at;
   }
 }
 
