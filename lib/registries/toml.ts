@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { parse, TomlError } from "smol-toml";
+import { parse, TomlError } from "npm:smol-toml@1.9.1";
 import { LocalIoError, UsageError } from "../errors.ts";
 
 /** A parsed TOML table. */
