@@ -6,9 +6,9 @@
  */
 
 /**
- * The variables imgpull reads: docker config, default platform, credential helpers, cache, and
- * the proxy variables (Deno uses them without any permission; reading them lets an error name the
- * proxy that failed).
+ * The variables imgpull reads: docker config, podman's auth.json and registries.conf, rootless
+ * daemon.json, default platform, credential helpers, cache, and the proxy variables (Deno uses
+ * them without any permission; reading them lets an error name the proxy that failed).
  */
 export const ALLOWED_ENV = [
   "HOME",
@@ -17,6 +17,10 @@ export const ALLOWED_ENV = [
   "PATH",
   "XDG_CACHE_HOME",
   "LOCALAPPDATA",
+  "XDG_CONFIG_HOME",
+  "XDG_RUNTIME_DIR",
+  "REGISTRY_AUTH_FILE",
+  "CONTAINERS_REGISTRIES_CONF",
   "HTTPS_PROXY",
   "https_proxy",
   "HTTP_PROXY",

@@ -149,9 +149,28 @@ export interface EndpointConfig {
 export async function loadEndpointConfig(options: EndpointOptions): Promise<EndpointConfig> {
   if (options.noConfigFiles || !options.env) return { daemon: {} };
   const io = { systemRoot: options.systemRoot };
+  const env = permittedEnv(options.env);
   return {
-    registriesConf: await loadRegistriesConf(options.env, io),
-    daemon: await loadDaemonConfig(options.env, io),
+    registriesConf: await loadRegistriesConf(env, io),
+    daemon: await loadDaemonConfig(env, io),
+  };
+}
+
+/** A missing `--allow-env` for a variable is a usage error naming it, not a crash. */
+function permittedEnv(env: EnvReader): EnvReader {
+  return {
+    get(name) {
+      try {
+        return env.get(name);
+      } catch (e) {
+        if (e instanceof Deno.errors.NotCapable) {
+          throw new UsageError(`not allowed to read the environment variable ${name}`, {
+            hint: `run with --allow-env=${name} (see the README's permission list)`,
+          });
+        }
+        throw e;
+      }
+    },
   };
 }
 
