@@ -216,9 +216,7 @@ export async function startCorpusServices(): Promise<CorpusServices> {
       try {
         Deno.kill(pid, "SIGTERM");
       } catch { /* gone */ }
-      // Wait (synchronously) up to 15 s for it to exit, so dockerd can unmount.
-      new Deno.Command("timeout", { args: ["15", "tail", `--pid=${pid}`, "-f", "/dev/null"] })
-        .outputSync();
+      waitForExitSync(pid, 15_000);
     }
     const dockerDir = dockerd?.host.replace(/^unix:\/\//, "").replace(/\/docker\.sock$/, "");
     for (const dir of [dockerDir, root]) {
@@ -275,4 +273,23 @@ async function unmountUnder(dir: string): Promise<void> {
     .filter((p): p is string => !!p && p.startsWith(`${dir}/`))
     .sort((a, b) => b.length - a.length);
   for (const p of points) await run("umount", ["-l", p]);
+}
+
+/**
+ * Waits (blocking) until `pid` has exited or `ms` passed. During `unload` nothing reaps our
+ * children, so an exited child stays a zombie: state `Z` in /proc/PID/stat counts as exited.
+ */
+function waitForExitSync(pid: number, ms: number): void {
+  const deadline = Date.now() + ms;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  while (Date.now() < deadline) {
+    let stat: string;
+    try {
+      stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    } catch {
+      return;
+    }
+    if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) return;
+    Atomics.wait(pause, 0, 0, 100);
+  }
 }
