@@ -17,24 +17,37 @@ import { cacheInfo, defaultCacheDir, importTar, pruneCache } from "./lib/cache.t
 import { parseByteSize } from "./lib/compression.ts";
 import type { PullEvent } from "./lib/events.ts";
 import { registerSecret } from "./lib/redact.ts";
-import { describePlatform } from "./lib/platform.ts";
-import { listImagePlatforms, pull, repoTagFromName, requestedPlatform } from "./lib/pull.ts";
+import { describePlatform, formatPlatform } from "./lib/platform.ts";
+import {
+  listImagePlatforms,
+  OUTPUT_FORMATS,
+  type OutputFormat,
+  pull,
+  repoTagFromName,
+  requestedPlatforms,
+} from "./lib/pull.ts";
 import { parseReference } from "./lib/reference.ts";
 import { VERSION, versionText } from "./lib/version.ts";
 import { writeErr, writeOut } from "./cli/output.ts";
 import { humanBytes, ProgressRenderer } from "./cli/progress.ts";
 
-const HELP = `imgpull ${VERSION}: pull a container image into a docker-archive without Docker
+const HELP = `imgpull ${VERSION}: pull container images into docker or OCI archives without Docker
 
-Usage: imgpull [options] [registry/][repository/]image[:tag|@digest]
+Usage: imgpull [options] [registry/][repository/]image[:tag|@digest]…
 
 Options:
   --platform OS/ARCH[/VARIANT]     platform to pull, enforced (default: DOCKER_DEFAULT_PLATFORM,
                                    else linux/<host arch>, preferred: a single-platform
                                    image for another platform is pulled with a warning)
   --max-concurrent-downloads N     layers downloaded at once (default 3; 1 = sequential)
-  -o, --output PATH                archive to write (default: <repository>.tar with "/"
-                                   as "_", e.g. library_nginx.tar)
+  -o, --output PATH                archive or directory to write (default: <repository>.tar
+                                   with "/" as "_", e.g. library_nginx.tar; no .tar for
+                                   oci-dir); "-" writes a tar format to standard output
+  --format FORMAT                  docker-archive (default), oci-archive, oci-dir or rootfs
+                                   (the flattened filesystem, as docker export gives it)
+  --all-platforms                  every platform, the index and every manifest byte for
+                                   byte (OCI formats); --platform A,B picks several
+  --images-from FILE               more references, one per line (# comments; - = stdin)
   --tag NAME[:TAG]                 the name the archive loads as (default: the reference's)
   --list-platforms                 list the platforms of the image and exit
   --username USER                  registry user name
@@ -75,6 +88,9 @@ const OPTIONS = {
   platform: { type: "string" },
   "max-concurrent-downloads": { type: "string" },
   output: { type: "string", short: "o" },
+  format: { type: "string" },
+  "all-platforms": { type: "boolean" },
+  "images-from": { type: "string" },
   tag: { type: "string" },
   "list-platforms": { type: "boolean" },
   username: { type: "string", short: "u" },
@@ -125,6 +141,22 @@ function parseDuration(text: string): number {
   if (!match) throw new UsageError(`invalid duration "${text}": use e.g. 7d, 12h, 30m`);
   const unit = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] as "s"];
   return Number(match[1]) * unit;
+}
+
+/** `--images-from FILE` (`-`: standard input): one reference per line, `#` comments. */
+async function readImageList(path: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = path === "-"
+      ? await new Response(Deno.stdin.readable).text()
+      : await Deno.readTextFile(path);
+  } catch (e) {
+    throw new UsageError(`cannot read --images-from ${path}: ${(e as Error).message}`);
+  }
+  const references = text.split(/\r?\n/).map((line) => line.replace(/#.*$/, "").trim())
+    .filter((line) => line !== "");
+  if (references.length === 0) throw new UsageError(`--images-from ${path} lists no image`);
+  return references;
 }
 
 async function readPasswordFromStdin(): Promise<string> {
@@ -233,13 +265,19 @@ export async function main(args: string[]): Promise<number> {
       );
       if (positionals.length === 0) return ExitCode.ok;
     }
-    if (positionals.length !== 1) {
-      throw new UsageError(
-        positionals.length === 0 ? "missing image reference" : "give exactly one image reference",
-        { hint: "imgpull [options] IMAGE, e.g. imgpull nginx --platform linux/arm64" },
-      );
+    if (values["images-from"] === "-" && values["password-stdin"]) {
+      throw new UsageError("--images-from - and --password-stdin both read standard input");
     }
-    const reference = positionals[0];
+    const references = [
+      ...positionals,
+      ...(values["images-from"] === undefined ? [] : await readImageList(values["images-from"])),
+    ];
+    if (references.length === 0) {
+      throw new UsageError("missing image reference", {
+        hint: "imgpull [options] IMAGE…, e.g. imgpull nginx --platform linux/arm64",
+      });
+    }
+    const reference = references[0];
     if (values.password !== undefined && values["password-stdin"]) {
       throw new UsageError("--password and --password-stdin cannot be used together");
     }
@@ -268,6 +306,7 @@ export async function main(args: string[]): Promise<number> {
       signal: abort.signal,
     };
     if (values["list-platforms"]) {
+      if (references.length !== 1) throw new UsageError("--list-platforms takes one image");
       const entries = await listImagePlatforms(reference, connectOptions);
       for (const entry of entries) {
         writeOut(`Platform: ${entry.platform}, digest: ${entry.digest}`);
@@ -287,19 +326,35 @@ export async function main(args: string[]): Promise<number> {
       throw new UsageError(`--max-layer-size: not a size: ${maxLayerText}`);
     }
     // Everything the user typed is checked before anything is printed or fetched.
-    parseReference(reference);
+    for (const r of references) parseReference(r);
     if (values.tag !== undefined) repoTagFromName(values.tag);
-    const { platform, source } = requestedPlatform(values.platform, env);
-    renderer.line(
-      `[+] Pulling ${reference} for platform ${describePlatform(platform, values.platform)}` +
-        (source === "flag" ? "" : ` (${source === "host" ? "host default" : `from ${source}`})`),
-    );
+    const format = (values.format ?? "docker-archive") as OutputFormat;
+    if (!OUTPUT_FORMATS.includes(format)) {
+      throw new UsageError(`unknown --format ${JSON.stringify(values.format)}`, {
+        hint: `one of ${OUTPUT_FORMATS.join(", ")}`,
+      });
+    }
+    const allPlatforms = values["all-platforms"] ?? false;
+    const requests = allPlatforms ? [] : requestedPlatforms(values.platform, env);
+    const platformText = allPlatforms
+      ? "all platforms"
+      : requests.length > 1
+      ? `platforms ${requests.map((r) => formatPlatform(r.platform)).join(", ")}`
+      : `platform ${describePlatform(requests[0].platform, values.platform)}` +
+        (requests[0].source === "flag"
+          ? ""
+          : ` (${requests[0].source === "host" ? "host default" : `from ${requests[0].source}`})`);
+    for (const r of references) renderer.line(`[+] Pulling ${r} for ${platformText}`);
+    const toStdout = values.output === "-";
     try {
       const result = await pull({
         ...connectOptions,
-        reference,
+        references,
         platform: values.platform,
+        allPlatforms,
+        format,
         output: values.output,
+        stdout: toStdout ? Deno.stdout.writable : undefined,
         tag: values.tag,
         maxConcurrentDownloads: concurrency,
         connections,
@@ -308,14 +363,22 @@ export async function main(args: string[]): Promise<number> {
         cacheDir,
       });
       renderer.finish();
-      renderer.line(
-        `[+] Wrote ${result.repoTags.join(", ")} (${result.platform}, ${result.layers} ` +
-          `layer${result.layers === 1 ? "" : "s"}, ` +
-          `${humanBytes(result.bytes)}) to ${result.output}`,
-      );
-      renderer.line(`[+] Image ID: ${result.imageId}`);
+      const where = toStdout ? "standard output" : result.output;
+      for (const image of result.images) {
+        const layers = `${image.layers} ${format === "rootfs" ? "layers flattened" : "layer"}` +
+          `${image.layers === 1 || format === "rootfs" ? "" : "s"}`;
+        renderer.line(
+          `[+] Wrote ${image.repoTags.join(", ")} (${image.platforms.join(", ")}, ${layers}, ` +
+            `${humanBytes(image.bytes)}) as ${format} to ${where}`,
+        );
+        renderer.line(
+          `[+] ${
+            allPlatforms || image.platforms.length > 1 ? "Index" : "Image ID"
+          }: ${image.imageId}`,
+        );
+      }
       renderer.line(renderer.summary());
-      writeOut(result.output);
+      if (!toStdout) writeOut(result.output);
       return ExitCode.ok;
     } finally {
       renderer.finish();

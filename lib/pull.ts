@@ -1,15 +1,24 @@
 /**
- * The pull pipeline: reference → registry → platform → verified blobs →
- * docker-archive. Everything here reports progress as events and failures
- * as {@link ImgpullError}s; nothing prints or exits.
+ * The pull pipeline: references → registries → platforms → verified blobs → one output. A
+ * pull resolves every reference into images (manifests, configs and layer descriptors, all
+ * verified), a writer per format (lib/writers/) turns them into a list of entries, the layout
+ * engine ({@link ./writers/assembly.ts}) places them, and the blobs are downloaded straight
+ * into their places or copied from the cache. Everything here reports progress as events and
+ * failures as {@link ImgpullError}s; nothing prints or exits.
  *
  * @module
  */
 import type { EnvReader } from "./auth/credentials.ts";
-import { connect, type ConnectOptions } from "./connect.ts";
 import { decompressLayer, type DecompressOptions, sniffCompression } from "./compression.ts";
+import { connect, type ConnectOptions } from "./connect.ts";
 import { digestOf, parseDigest } from "./digest.ts";
-import { InvalidContentError, LocalIoError, NotFoundError, UsageError } from "./errors.ts";
+import {
+  ImgpullError,
+  InvalidContentError,
+  LocalIoError,
+  NotFoundError,
+  UsageError,
+} from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
 import {
   type BlobSink,
@@ -21,34 +30,85 @@ import {
   type FetchPolicy,
   fetchPolicy,
 } from "./fetch.ts";
-import type { Descriptor } from "./manifest.ts";
-import { schema1Config } from "./manifest.ts";
+import { type Descriptor, schema1Config } from "./manifest.ts";
 import { isForeignLayer, layerCompression, MediaType } from "./media_types.ts";
+import {
+  defaultOutputName,
+  fullImageName,
+  loadableRegistry,
+  repoTagFor,
+  repoTagFromName,
+  tagFor,
+} from "./naming.ts";
 import { formatPlatform, hostPlatform, parsePlatform } from "./platform.ts";
-import { familiarName, isLoopbackRegistry, parseReference, type Reference } from "./reference.ts";
+import { parseReference, type Reference } from "./reference.ts";
 import type { RegistryClient } from "./registry.ts";
 import {
+  fetchTopManifest,
+  type ImageTree,
   listPlatforms,
   type PlatformEntry,
   type PlatformRequest,
   type ResolvedImage,
   resolveImage,
+  resolveTree,
+  subsetIndex,
 } from "./resolve.ts";
 import { Semaphore } from "./semaphore.ts";
 import { BlobStore, CacheEntryCorruptError, localIoError } from "./store.ts";
-import { ArchiveFile, type ArchiveLayer, writeDockerArchive } from "./writers/docker_archive.ts";
+import {
+  type Assembly,
+  type AssemblyEntry,
+  DirectoryAssembly,
+  removeAbandonedArchives,
+  StreamAssembly,
+  TarAssembly,
+} from "./writers/assembly.ts";
+import {
+  type ArchiveImage,
+  type ArchiveLayer,
+  dockerArchiveEntries,
+} from "./writers/docker_archive.ts";
+import { ociLayoutEntries, type OciLayoutImage } from "./writers/oci_layout.ts";
+import { type RootfsLayer, writeRootfs } from "./writers/rootfs.ts";
+
+export {
+  defaultOutputName,
+  fullImageName,
+  loadableRegistry,
+  repoTagFor,
+  repoTagFromName,
+} from "./naming.ts";
+
+/** The output formats, with podman's `save --format` names. */
+export const OUTPUT_FORMATS = ["docker-archive", "oci-archive", "oci-dir", "rootfs"] as const;
+/** An output format: see {@link OUTPUT_FORMATS}. */
+export type OutputFormat = typeof OUTPUT_FORMATS[number];
 
 /** What to pull and where. */
 export interface PullOptions extends ConnectOptions {
-  reference: string;
+  /** The image to pull (or give {@link references}). */
+  reference?: string;
+  /** Several images into one output (each resolved for the requested platforms). */
+  references?: string[];
   /**
-   * `os/arch[/variant]` (enforced); default `DOCKER_DEFAULT_PLATFORM` from `env` (enforced),
-   * else the host's, as Docker picks it (a preference: see {@link PlatformRequest}).
+   * `os/arch[/variant]`, or several separated by commas (OCI formats), enforced; default
+   * `DOCKER_DEFAULT_PLATFORM` from `env` (enforced), else the host's, as Docker picks it (a
+   * preference: see {@link PlatformRequest}).
    */
   platform?: string;
-  /** Archive path; default {@link defaultOutputName}. */
+  /** Every platform, the index and every manifest byte for byte (OCI formats). */
+  allPlatforms?: boolean;
+  /** Default `docker-archive`. */
+  format?: OutputFormat;
+  /**
+   * File (tar formats) or directory (`oci-dir`); default {@link defaultOutputName} (required
+   * with several images). `-` writes a tar format to {@link stdout}.
+   */
   output?: string;
-  /** `--tag NAME[:TAG]`: the name the archive loads as; default the reference's. */
+  /** Where `-o -` writes (the CLI passes its standard output). */
+  stdout?: WritableStream<Uint8Array>;
+  /** `--tag NAME[:TAG]`: the name one image loads as; default the reference's. */
   tag?: string;
   /** Layers downloaded at once (default 3). */
   maxConcurrentDownloads?: number;
@@ -65,79 +125,32 @@ export interface PullOptions extends ConnectOptions {
   cacheDir?: string;
 }
 
+/** One image of a pull's output. */
+export interface PulledImage {
+  reference: string;
+  /** Names it loads as (docker-archive) or is recorded under (OCI). */
+  repoTags: string[];
+  /** `sha256:<hex>` of the config (one platform), or of the index kept or made. */
+  imageId: string;
+  platforms: string[];
+  layers: number;
+  /** Bytes of layer data. */
+  bytes: number;
+}
+
 /** What a pull produced. */
 export interface PullResult {
+  /** The path written, or `-` for standard output. */
   output: string;
-  /** `sha256:<hex>` of the config: the ID docker shows. */
+  format: OutputFormat;
+  images: PulledImage[];
+  /** The first image's: `sha256:<hex>` of the config, the ID docker shows. */
   imageId: string;
   repoTags: string[];
   platform: string;
   layers: number;
-  /** Bytes of layer data in the archive. */
+  /** Bytes of layer data in the output (each blob counted once). */
   bytes: number;
-}
-
-/**
- * The archive name the old `docker_pull.py` used (`library_nginx.tar` for
- * `nginx`): the repository path with `/` → `_`, plus `_<tag>` for a tag
- * other than `latest`, or `_sha256-<12 hex>` for a pull by digest only.
- * It never contains `:` (which breaks `podman load`).
- */
-export function defaultOutputName(ref: Reference): string {
-  let name = ref.repository.replaceAll("/", "_");
-  if (ref.tag && ref.tag !== "latest") name += `_${ref.tag}`;
-  else if (!ref.tag && ref.digest) name += `_${ref.digest.replace(":", "-").slice(0, 19)}`;
-  return `${name.replaceAll(":", "_")}.tar`;
-}
-
-/**
- * The `RepoTags` entry: the familiar name with the tag (`nginx:latest`,
- * `quay.io/org/app:v1`). A pull by digest alone has no tag, so the tag is
- * `sha256-<full hex>` (as cosign names digests): valid, and the digest can
- * be read back from it. An IPv6 registry gets a name loaders accept (see
- * {@link loadableRegistry}).
- */
-export function repoTagFor(ref: Reference): string {
-  const tag = ref.tag ?? `${ref.digest!.replace(":", "-")}`;
-  const registry = loadableRegistry(ref.registry);
-  const name = registry === ref.registry ? familiarName(ref) : `${registry}/${ref.repository}`;
-  return `${name}:${tag}`;
-}
-
-/**
- * docker 20.10, podman 4.3 and containerd 1.6 refuse a bracketed IPv6 host in an image name
- * (`invalid reference format`). `[::1]:PORT` is tagged as `localhost:PORT` (the same
- * registry); any other IPv6 address as `ipv6-<address with "-" for ":">[:PORT]`, a host name
- * that cannot collide with a real one. Other registries are kept as they are.
- *
- * @example
- * ```ts
- * loadableRegistry("[::1]:5000"); // "localhost:5000"
- * loadableRegistry("[fd00::7]:5000"); // "ipv6-fd00--7:5000"
- * ```
- */
-export function loadableRegistry(registry: string): string {
-  if (!registry.startsWith("[")) return registry;
-  const close = registry.indexOf("]");
-  const address = registry.slice(1, close);
-  const port = registry.slice(close + 1);
-  if (isLoopbackRegistry(registry)) return `localhost${port}`;
-  return `ipv6-${address.replaceAll(":", "-").replaceAll(".", "-")}${port}`;
-}
-
-/**
- * `--tag NAME[:TAG]`: the RepoTags entry the user chose (the tag defaults to `latest`).
- * A digest has no place in a tag.
- */
-export function repoTagFromName(name: string): string {
-  let ref: Reference;
-  try {
-    ref = parseReference(name);
-  } catch (e) {
-    throw new UsageError(`invalid --tag ${JSON.stringify(name)}`, { cause: e });
-  }
-  if (ref.digest) throw new UsageError(`--tag takes NAME[:TAG], not a digest (${name})`);
-  return repoTagFor({ ...ref, tag: ref.tag ?? "latest" });
 }
 
 /** Where the platform to pull came from. */
@@ -159,6 +172,17 @@ export function requestedPlatform(
     : { platform, enforced: false, source: "host" };
 }
 
+/** `--platform a,b`: each platform of a comma-separated list (one entry without commas). */
+export function requestedPlatforms(
+  flag: string | undefined,
+  env?: EnvReader,
+): (PlatformRequest & { source: PlatformSource })[] {
+  if (flag === undefined || !flag.includes(",")) return [requestedPlatform(flag, env)];
+  const parts = flag.split(",").map((p) => p.trim()).filter((p) => p !== "");
+  if (parts.length === 0) throw new UsageError(`--platform ${JSON.stringify(flag)} names nothing`);
+  return parts.map((p) => requestedPlatform(p, env));
+}
+
 /** Lists the platforms of an image without pulling it. */
 export async function listImagePlatforms(
   reference: string,
@@ -173,21 +197,37 @@ export async function listImagePlatforms(
   }
 }
 
-/** Checks the destination before any download: not a directory, in a writable directory. */
-async function checkDestination(output: string): Promise<string> {
+/**
+ * Checks the destination before any download: a file for tar formats (not a directory), a
+ * directory that does not exist or is empty for `oci-dir`, in a writable directory. Returns
+ * the directory the output goes in.
+ */
+async function checkDestination(output: string, format: OutputFormat): Promise<string> {
+  let info: Deno.FileInfo | undefined;
   try {
-    const info = await Deno.stat(output);
-    if (info.isDirectory) {
-      throw new LocalIoError(`output path ${output} is a directory`, {
-        hint: "give a file name with -o, e.g. -o image.tar",
-      });
-    }
+    info = await Deno.stat(output);
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw localIoError(e, `cannot use ${output}`);
   }
+  if (format === "oci-dir") {
+    if (info && !info.isDirectory) {
+      throw new LocalIoError(`output path ${output} exists and is not a directory`, {
+        hint: "oci-dir writes a directory: give a new path with -o",
+      });
+    }
+    if (info && (await Array.fromAsync(Deno.readDir(output))).length > 0) {
+      throw new LocalIoError(`output directory ${output} is not empty`, {
+        hint: "give a new or empty directory with -o",
+      });
+    }
+  } else if (info?.isDirectory) {
+    throw new LocalIoError(`output path ${output} is a directory`, {
+      hint: "give a file name with -o, e.g. -o image.tar",
+    });
+  }
   const slash = output.lastIndexOf("/");
   const dir = slash > 0 ? output.slice(0, slash) : slash === 0 ? "/" : ".";
-  // Fail before downloading anything when the archive could not be written.
+  // Fail before downloading anything when the output could not be written.
   const probe = `${dir}/.imgpull-probe-${crypto.randomUUID().slice(0, 8)}`;
   try {
     await Deno.writeFile(probe, new Uint8Array(0), { createNew: true });
@@ -198,24 +238,104 @@ async function checkDestination(output: string): Promise<string> {
   return dir;
 }
 
-/** Pulls one image for one platform into a docker-archive. */
+/** What the downloads of one pull share. */
+interface PullRun {
+  store: BlobStore;
+  /** Blobs in progress at once (`--max-concurrent-downloads`). */
+  layers: Semaphore;
+  policy: FetchPolicy;
+  onEvent: PullEventSink;
+  signal: AbortSignal;
+  /** Aborted by the first failing task. */
+  failure: AbortController;
+}
+
+/** An image reference being pulled, with the client that serves it. */
+interface Source {
+  reference: string;
+  ref: Reference;
+  client: RegistryClient;
+  repoTags: string[];
+}
+
+/** A blob of the output, and how to get it. */
+interface BlobJob {
+  digest: string;
+  size: number;
+  /** Already on disk (the cache, a conversion): copied in, hashed on the way. */
+  path?: string;
+  /** To download (or to download again when the stored copy is damaged). */
+  descriptor?: Descriptor;
+  client?: RegistryClient;
+  /** Position for progress labels. */
+  index: number;
+}
+
+/** Checks that the options make one coherent request (usage errors, exit 2). */
+function validate(options: PullOptions, refs: Reference[], format: OutputFormat): void {
+  if (!OUTPUT_FORMATS.includes(format)) {
+    throw new UsageError(`unknown --format ${JSON.stringify(format)}`, {
+      hint: `one of ${OUTPUT_FORMATS.join(", ")}`,
+    });
+  }
+  if (refs.length === 0) throw new UsageError("missing image reference");
+  const several = options.allPlatforms || (options.platform?.includes(",") ?? false);
+  if (several && (format === "docker-archive" || format === "rootfs")) {
+    throw new UsageError(`${format} holds one platform of an image`, {
+      hint: "use --format oci-archive (or oci-dir) to keep several platforms",
+    });
+  }
+  if (options.allPlatforms && options.platform !== undefined) {
+    throw new UsageError("--all-platforms and --platform cannot be used together");
+  }
+  if (format === "rootfs" && refs.length > 1) {
+    throw new UsageError("--format rootfs flattens one image; give one reference");
+  }
+  if (options.tag !== undefined && refs.length > 1) {
+    throw new UsageError("--tag names one image; give one reference");
+  }
+  if (refs.length > 1 && options.output === undefined) {
+    throw new UsageError("several images go into one output: give it a name with -o", {
+      hint: "e.g. -o images.tar",
+    });
+  }
+  if (options.output === "-" && format === "oci-dir") {
+    throw new UsageError("oci-dir is a directory and cannot go to standard output", {
+      hint: "use --format oci-archive with -o -",
+    });
+  }
+  if (options.output === "-" && !options.stdout) {
+    throw new UsageError("-o - needs a stream to write to");
+  }
+}
+
+/** Pulls images into one output: a docker-archive, an OCI archive or layout, or a root filesystem. */
 export async function pull(options: PullOptions): Promise<PullResult> {
-  const ref = parseReference(options.reference);
-  const platform = requestedPlatform(options.platform, options.env);
-  const repoTags = [options.tag ? repoTagFromName(options.tag) : repoTagFor(ref)];
+  const format = options.format ?? "docker-archive";
+  const references = options.references ?? (options.reference ? [options.reference] : []);
+  const refs = references.map((r) => parseReference(r));
+  validate(options, refs, format);
+  const platforms = options.allPlatforms ? [] : requestedPlatforms(options.platform, options.env);
   const concurrency = options.maxConcurrentDownloads ?? 3;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new UsageError(`--max-concurrent-downloads must be a positive integer`);
   }
-  const output = options.output ?? defaultOutputName(ref);
-  const outputDir = await checkDestination(output);
+  const toStdout = options.output === "-";
+  const output = options.output ??
+    defaultOutputName(refs[0], format === "oci-dir" ? "" : ".tar");
+  const outputDir = toStdout ? "." : await checkDestination(output, format);
   const onEvent = options.onEvent ?? (() => {});
-  if (!options.tag && loadableRegistry(ref.registry) !== ref.registry) {
-    onEvent({
-      type: "notice",
-      message: `docker, podman and containerd cannot load a name with an IPv6 address; ` +
-        `the image is tagged ${repoTags[0]} (choose another name with --tag)`,
-    });
+  const repoTagsOf = (
+    ref: Reference,
+  ) => [options.tag ? repoTagFromName(options.tag) : repoTagFor(ref)];
+  for (const ref of refs) {
+    if (!options.tag && loadableRegistry(ref.registry) !== ref.registry) {
+      onEvent({
+        type: "notice",
+        message: `docker, podman and containerd cannot load a name with an IPv6 address; ` +
+          `the image is tagged ${repoTagFor(ref)} (choose another name with --tag)`,
+      });
+    }
   }
 
   // One signal for everything: the caller's, or ours when a sibling download fails.
@@ -226,14 +346,13 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   // The shared cache, or a scratch directory beside the output (removed afterwards).
   const store = options.cacheDir
     ? await BlobStore.open(options.cacheDir)
-    : await BlobStore.createIn(outputDir);
-  let client: RegistryClient | undefined;
+    : await BlobStore.createIn(
+      toStdout ? await Deno.makeTempDir({ prefix: "imgpull-" }) : outputDir,
+    );
+  const sources: Source[] = [];
   try {
-    client = await connect(ref, { ...options, signal });
     const connections = options.connections ?? (concurrency === 1 ? 1 : DEFAULT_CONNECTIONS);
-    const resolved = await resolveImage(client, ref, platform, onEvent, store);
-    const run: LayerRun = {
-      client,
+    const run: PullRun = {
       store,
       layers: new Semaphore(concurrency),
       policy: fetchPolicy({
@@ -248,45 +367,53 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       signal,
       failure,
     };
-    const image = resolved.kind === "image"
-      ? await pullImageLayers(run, resolved, output, repoTags)
-      : await pullSchema1Layers(run, resolved, output, repoTags);
+    for (let i = 0; i < refs.length; i++) {
+      const client = await connect(refs[i], { ...options, signal });
+      sources.push({
+        reference: references[i],
+        ref: refs[i],
+        client,
+        repoTags: repoTagsOf(refs[i]),
+      });
+    }
+    const destination = toStdout ? "-" : output;
+    const open = (entries: AssemblyEntry[]): Promise<Assembly> =>
+      toStdout
+        ? Promise.resolve(new StreamAssembly(entries, options.stdout!, signal))
+        : format === "oci-dir"
+        ? DirectoryAssembly.create(output, entries)
+        : TarAssembly.create(output, entries);
+    let images: PulledImage[];
+    if (format === "docker-archive") {
+      images = await pullDockerArchive(run, sources, platforms[0], open);
+    } else if (format === "rootfs") {
+      images = await pullRootfs(run, sources[0], platforms[0], options, output);
+    } else {
+      images = await pullOciLayout(run, sources, platforms, open);
+    }
+    const first = images[0];
     return {
-      output,
-      imageId: image.configDigest,
-      repoTags,
-      platform: resolved.platform,
-      layers: image.layers.length,
-      bytes: image.layers.reduce((sum, l) => sum + l.size, 0),
+      output: destination,
+      format,
+      images,
+      imageId: first.imageId,
+      repoTags: first.repoTags,
+      platform: first.platforms.join(", "),
+      layers: first.layers,
+      bytes: images.reduce((sum, image) => sum + image.bytes, 0),
     };
   } finally {
-    client?.close();
-    if (!store.persistent) await store.remove();
+    for (const source of sources) source.client.close();
+    if (!store.persistent) {
+      await store.remove();
+      if (toStdout) await Deno.remove(store.root.replace(/\/\.imgpull-[^/]*$/, "")).catch(() => {});
+    }
   }
 }
 
-/** What the layer downloads of one pull share. */
-interface LayerRun {
-  client: RegistryClient;
-  store: BlobStore;
-  /** Layers in progress at once (`--max-concurrent-downloads`). */
-  layers: Semaphore;
-  policy: FetchPolicy;
-  onEvent: PullEventSink;
-  signal: AbortSignal;
-  /** Aborted by the first failing layer. */
-  failure: AbortController;
-}
-
-/** How layer `index` of this pull downloads; `output` is its place in the archive, if known. */
-function downloadOptions(run: LayerRun, index: number, output?: BlobSink): DownloadOptions {
+/** How blob `index` of this pull downloads; `output` is its place in the output, if known. */
+function downloadOptions(run: PullRun, index: number, output?: BlobSink): DownloadOptions {
   return { policy: run.policy, signal: run.signal, onEvent: run.onEvent, index, output };
-}
-
-interface FetchedImage {
-  configDigest: string;
-  configBytes: Uint8Array;
-  layers: ArchiveLayer[];
 }
 
 /**
@@ -295,7 +422,7 @@ interface FetchedImage {
  * the pull (its temporary files are about to be removed).
  */
 async function runAll<T, R>(
-  run: LayerRun,
+  run: PullRun,
   items: readonly T[],
   task: (item: T, index: number) => Promise<R>,
 ): Promise<R[]> {
@@ -318,34 +445,119 @@ async function runAll<T, R>(
 }
 
 /**
- * Pulls the layers of an OCI/Docker image straight into the archive: every
- * member's size is known up front, so the archive is laid out first and
- * each download writes its bytes at their final offset (and into the cache,
- * when there is one). Layers already stored are copied in; zstd layers are
- * converted first, since their archived size is only known afterwards.
+ * Fills every blob of an output, each once: stored ones are copied in (hashed on the way; a
+ * damaged cache entry is evicted and downloaded again into its place), the others downloaded
+ * straight into their place when the output has one, else into the store and copied. Then
+ * the output becomes the destination; on any failure it is discarded.
  */
-async function pullImageLayers(
-  run: LayerRun,
+async function fillAndCommit(
+  run: PullRun,
+  assembly: Assembly,
+  jobs: readonly BlobJob[],
+  reported: ReadonlySet<string> = new Set(),
+): Promise<void> {
+  const distinct = [...new Map(jobs.map((job) => [job.digest, job])).values()];
+  const copyOptions = { signal: run.signal };
+  const download = async (job: BlobJob): Promise<void> => {
+    const descriptor = job.descriptor!;
+    const options = downloadOptions(run, job.index, assembly.sinkFor(job.digest));
+    let result: DownloadedBlob;
+    try {
+      result = await downloadBlob(job.client!, descriptor, run.store, options);
+    } catch (e) {
+      // Registries may refuse to serve foreign layers: their own URLs are the other source.
+      if (!(e instanceof NotFoundError) || !descriptor.urls?.length) throw e;
+      result = await downloadForeignLayer(descriptor, run.store, options, {
+        registryUrl: job.client!.baseUrl,
+        registryError: e,
+      });
+    }
+    if (!result.inOutput) await assembly.copyIn(job.digest, result.path!, copyOptions);
+  };
+  try {
+    await runAll(run, distinct, async (job) => {
+      if (!job.path) return await download(job);
+      if (!reported.has(job.digest)) {
+        run.onEvent({ type: "blob-done", digest: job.digest, size: job.size, reused: true });
+      }
+      try {
+        await assembly.copyIn(job.digest, job.path, copyOptions);
+      } catch (e) {
+        // A damaged cache entry (evicted by copyIn) is fetched again into its place; a blob
+        // archived in another form (found by diff_id, converted from zstd) cannot be.
+        if (!(e instanceof CacheEntryCorruptError) || job.descriptor?.digest !== job.digest) {
+          throw e;
+        }
+        run.onEvent({
+          type: "warning",
+          message: `cached blob ${shortDigest(job.digest)} is damaged (its content does not ` +
+            `match its digest); removed from the cache and downloading it again`,
+        });
+        await download(job);
+      }
+    });
+    await assembly.commit();
+  } catch (e) {
+    await assembly.discard();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker-archive
+
+/** docker-archive: one platform of each image; zstd layers stored uncompressed. */
+async function pullDockerArchive(
+  run: PullRun,
+  sources: readonly Source[],
+  platform: PlatformRequest,
+  open: (entries: AssemblyEntry[]) => Promise<Assembly>,
+): Promise<PulledImage[]> {
+  const archiveImages: ArchiveImage[] = [];
+  const jobs: BlobJob[] = [];
+  const reported = new Set<string>();
+  const results: PulledImage[] = [];
+  for (const source of sources) {
+    const resolved = await resolveImage(
+      source.client,
+      source.ref,
+      platform,
+      run.onEvent,
+      run.store,
+    );
+    const prepared = resolved.kind === "image"
+      ? await prepareDockerImage(run, source, resolved, reported)
+      : await prepareSchema1Image(run, source, resolved);
+    archiveImages.push(prepared.image);
+    jobs.push(...prepared.jobs);
+    results.push({
+      reference: source.reference,
+      repoTags: source.repoTags,
+      imageId: prepared.image.configDigest,
+      platforms: [resolved.platform],
+      layers: prepared.image.layers.length,
+      bytes: prepared.image.layers.reduce((sum, l) => sum + l.size, 0),
+    });
+  }
+  await fillAndCommit(run, await open(dockerArchiveEntries(archiveImages)), jobs, reported);
+  return results;
+}
+
+/**
+ * What each layer of an OCI/Docker image becomes in a docker-archive, and where its bytes come
+ * from: the cache, a layer with the same diff_id, or a download straight into the archive.
+ * zstd layers are converted first (Docker 20.10 cannot load them), since their archived size is
+ * only known afterwards.
+ */
+async function prepareDockerImage(
+  run: PullRun,
+  source: Source,
   resolved: Extract<ResolvedImage, { kind: "image" }>,
-  output: string,
-  repoTags: string[],
-): Promise<FetchedImage> {
+  reported: Set<string>,
+): Promise<{ image: ArchiveImage; jobs: BlobJob[] }> {
   const { manifest, config, configBytes } = resolved;
   const { onEvent, store } = run;
-  const configType = manifest.config.mediaType;
-  if (configType && configType !== MediaType.ociConfig && configType !== MediaType.dockerConfig) {
-    throw new InvalidContentError(
-      `not a container image: config media type ${JSON.stringify(configType.slice(0, 100))}`,
-    );
-  }
-  for (const layer of manifest.layers) {
-    if (layerCompression(layer.mediaType) === undefined) {
-      throw new InvalidContentError(
-        `unsupported layer media type ${JSON.stringify(layer.mediaType.slice(0, 100))}`,
-      );
-    }
-  }
-  // What each layer becomes in the archive, and where its bytes come from.
+  checkImageMediaTypes(resolved);
   const layers = await Promise.all(manifest.layers.map(async (layer, index) => {
     const diffId = config.diffIds[index];
     const archived: ArchiveLayer = { digest: layer.digest, size: layer.size };
@@ -387,86 +599,55 @@ async function pullImageLayers(
     .filter(({ layer, index }) =>
       layerCompression(layer.mediaType) === "zstd" && layers[index].path === undefined
     );
-  // Converted in this run: their blob-done was reported by the download.
-  const converted = new Set<string>();
   await runAll(run, zstd, async ({ layer, index }) => {
     const cached = await store.use(layer.digest) === layer.size;
     const path = cached
       ? store.blobPath(layer.digest)
-      : (await downloadBlob(run.client, layer, store, downloadOptions(run, index))).path;
+      : (await downloadBlob(source.client, layer, store, downloadOptions(run, index))).path;
     layers[index] = await convertZstdLayer(
       layers[index],
       path!,
       config.diffIds[index],
       store,
       onEvent,
-      { maxBytes: run.policy.maxLayerBytes, label: layer.digest, signal: run.signal },
+      {
+        maxBytes: run.policy.maxLayerBytes,
+        label: layer.digest,
+        signal: run.signal,
+      },
     );
-    if (!cached) converted.add(layers[index].digest);
+    // Converted in this run: its blob-done was reported by the download.
+    if (!cached) reported.add(layers[index].digest);
   });
+  const jobs = layers.map((l, index): BlobJob => ({
+    digest: l.digest,
+    size: l.size,
+    path: l.path,
+    descriptor: manifest.layers[index],
+    client: source.client,
+    index,
+  }));
+  return {
+    image: { repoTags: source.repoTags, configDigest: manifest.config.digest, configBytes, layers },
+    jobs,
+  };
+}
 
-  const archive = await ArchiveFile.create(output, {
-    repoTags,
-    configDigest: manifest.config.digest,
-    configBytes,
-    layers,
-  });
-  try {
-    // Each distinct layer once: an image may list the same blob twice.
-    const distinct = [...new Map(layers.map((l, index) => [l.digest, { l, index }])).values()];
-    await runAll(run, distinct, async ({ l, index }) => {
-      if (l.path) {
-        if (!converted.has(l.digest)) {
-          onEvent({ type: "blob-done", digest: l.digest, size: l.size, reused: true });
-        }
-        try {
-          await archive.copyIn(l.digest, l.path, { signal: run.signal });
-          return;
-        } catch (e) {
-          // A damaged cache entry (evicted by copyIn) is fetched again into its place; a
-          // layer archived in another form (found by diff_id, converted from zstd) cannot be.
-          const descriptor = manifest.layers[index];
-          if (!(e instanceof CacheEntryCorruptError) || l.digest !== descriptor.digest) throw e;
-          onEvent({
-            type: "warning",
-            message: `cached layer ${shortDigest(l.digest)} is damaged (its content does not ` +
-              `match its digest); removed from the cache and downloading it again`,
-          });
-          const options = downloadOptions(run, index, {
-            path: archive.path,
-            offset: archive.blobOffset(l.digest),
-          });
-          const result = await downloadBlob(run.client, descriptor, store, options);
-          if (!result.inOutput) {
-            await archive.copyIn(l.digest, result.path!, { signal: run.signal });
-          }
-          return;
-        }
-      }
-      const descriptor = manifest.layers[index];
-      const options = downloadOptions(run, index, {
-        path: archive.path,
-        offset: archive.blobOffset(l.digest),
-      });
-      let result: DownloadedBlob;
-      try {
-        result = await downloadBlob(run.client, descriptor, store, options);
-      } catch (e) {
-        // Registries may refuse to serve foreign layers: their own URLs are the other source.
-        if (!(e instanceof NotFoundError) || !descriptor.urls?.length) throw e;
-        result = await downloadForeignLayer(descriptor, store, options, {
-          registryUrl: run.client.baseUrl,
-          registryError: e,
-        });
-      }
-      if (!result.inOutput) await archive.copyIn(l.digest, result.path!, { signal: run.signal });
-    });
-    await archive.commit();
-  } catch (e) {
-    await archive.discard();
-    throw e;
+/** Refuses config and layer media types that are not an image's (before any layer download). */
+function checkImageMediaTypes(resolved: Extract<ResolvedImage, { kind: "image" }>): void {
+  const configType = resolved.manifest.config.mediaType;
+  if (configType && configType !== MediaType.ociConfig && configType !== MediaType.dockerConfig) {
+    throw new InvalidContentError(
+      `not a container image: config media type ${JSON.stringify(configType.slice(0, 100))}`,
+    );
   }
-  return { configDigest: manifest.config.digest, configBytes, layers };
+  for (const layer of resolved.manifest.layers) {
+    if (layerCompression(layer.mediaType) === undefined) {
+      throw new InvalidContentError(
+        `unsupported layer media type ${JSON.stringify(layer.mediaType.slice(0, 100))}`,
+      );
+    }
+  }
 }
 
 /** The descriptor `docker save` records in LayerSources. */
@@ -510,13 +691,19 @@ async function convertZstdLayer(
   return { ...layer, digest: diffId, path, size };
 }
 
-/** Schema1: layers into the store first (their sizes are unknown), then the archive. */
-async function pullSchema1Layers(
-  run: LayerRun,
+/** A schema1 image's layers, in the store (their sizes are unknown until downloaded). */
+interface Schema1Layers {
+  layers: { digest: string; path: string; size: number; diffId: string }[];
+  configBytes: Uint8Array;
+  configDigest: string;
+}
+
+/** Schema1: layers into the store first, diff_ids computed, a config synthesised. */
+async function fetchSchema1Layers(
+  run: PullRun,
+  source: Source,
   resolved: Extract<ResolvedImage, { kind: "schema1" }>,
-  output: string,
-  repoTags: string[],
-): Promise<FetchedImage> {
+): Promise<Schema1Layers> {
   const { onEvent, store } = run;
   onEvent({
     type: "notice",
@@ -527,7 +714,12 @@ async function pullSchema1Layers(
   const layers = await runAll(run, real, async (layer, index) => {
     // Schema1 has no sizes; the digest check still covers every byte.
     const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
-    const { path } = await downloadBlob(run.client, descriptor, store, downloadOptions(run, index));
+    const { path } = await downloadBlob(
+      source.client,
+      descriptor,
+      store,
+      downloadOptions(run, index),
+    );
     if (!path) throw new Error("schema1 layer was not stored");
     const { diffId } = await decompressLayer(path, await sniffCompression(path), undefined, {
       maxBytes: run.policy.maxLayerBytes,
@@ -535,16 +727,293 @@ async function pullSchema1Layers(
       signal: run.signal,
     });
     const size = (await Deno.stat(path)).size;
-    return { layer: { digest: layer.blobSum, path, size } as ArchiveLayer, diffId };
+    return { digest: layer.blobSum, path, size, diffId };
   });
   const configBytes = schema1Config(resolved.manifest, layers.map((l) => l.diffId));
-  const image = {
-    configDigest: digestOf(configBytes),
-    configBytes,
-    layers: layers.map((l) => l.layer),
+  return { layers, configBytes, configDigest: digestOf(configBytes) };
+}
+
+async function prepareSchema1Image(
+  run: PullRun,
+  source: Source,
+  resolved: Extract<ResolvedImage, { kind: "schema1" }>,
+): Promise<{ image: ArchiveImage; jobs: BlobJob[] }> {
+  const s1 = await fetchSchema1Layers(run, source, resolved);
+  const layers: ArchiveLayer[] = s1.layers.map((l) => ({
+    digest: l.digest,
+    path: l.path,
+    size: l.size,
+  }));
+  return {
+    image: {
+      repoTags: source.repoTags,
+      configDigest: s1.configDigest,
+      configBytes: s1.configBytes,
+      layers,
+    },
+    jobs: s1.layers.map((l, index) => ({ digest: l.digest, size: l.size, path: l.path, index })),
   };
-  await writeDockerArchive(output, { repoTags, ...image });
-  return image;
+}
+
+// ---------------------------------------------------------------------------------------------
+// OCI layout (oci-archive, oci-dir)
+
+/**
+ * OCI layouts keep blobs as the registry sent them: one platform (its manifest), a subset (a
+ * new index over the chosen manifests, unchanged), or `--all-platforms` (the index and every
+ * manifest under it, byte for byte, attestations included).
+ */
+async function pullOciLayout(
+  run: PullRun,
+  sources: readonly Source[],
+  platforms: readonly PlatformRequest[],
+  open: (entries: AssemblyEntry[]) => Promise<Assembly>,
+): Promise<PulledImage[]> {
+  const layoutImages: OciLayoutImage[] = [];
+  const documents = new Map<string, Uint8Array>();
+  const blobs = new Map<string, Descriptor>();
+  const jobs: BlobJob[] = [];
+  const results: PulledImage[] = [];
+  const addBlob = (source: Source, d: Descriptor) => {
+    if (blobs.has(d.digest) || documents.has(d.digest)) return;
+    blobs.set(d.digest, d);
+    jobs.push({
+      digest: d.digest,
+      size: d.size,
+      descriptor: d,
+      client: source.client,
+      index: jobs.length,
+    });
+  };
+  for (const source of sources) {
+    const tag = tagFor(source.ref);
+    const names = { fullName: fullImageName(source.ref, tag), tag };
+    if (platforms.length === 0) {
+      const tree: ImageTree = await resolveTree(source.client, source.ref);
+      for (const [digest, bytes] of tree.documents) documents.set(digest, bytes);
+      for (const d of tree.blobs.values()) addBlob(source, d);
+      layoutImages.push({ descriptor: tree.top, ...names });
+      run.onEvent({
+        type: "notice",
+        message: `${source.reference}: keeping the index and all ${tree.documents.size} ` +
+          `manifests and indexes byte for byte`,
+      });
+      results.push({
+        reference: source.reference,
+        repoTags: source.repoTags,
+        imageId: tree.top.digest,
+        platforms: ["all"],
+        layers: tree.blobs.size,
+        bytes: [...tree.blobs.values()].reduce((sum, d) => sum + d.size, 0),
+      });
+      continue;
+    }
+    const resolved: ResolvedImage[] = [];
+    for (const platform of platforms) {
+      const image = await resolveImage(source.client, source.ref, platform, run.onEvent, run.store);
+      if (resolved.some((r) => r.manifestDigest === image.manifestDigest)) continue;
+      resolved.push(image);
+    }
+    for (const image of resolved) {
+      if (image.kind === "schema1") {
+        const converted = await schema1AsOci(run, source, image);
+        documents.set(converted.manifest.digest, converted.manifestBytes);
+        documents.set(converted.configDigest, converted.configBytes);
+        for (const l of converted.layers) {
+          blobs.set(l.digest, { mediaType: l.mediaType, digest: l.digest, size: l.size });
+          jobs.push({ digest: l.digest, size: l.size, path: l.path, index: jobs.length });
+        }
+        image.descriptor = { ...converted.manifest, platform: image.descriptor.platform };
+        continue;
+      }
+      checkImageMediaTypes(image);
+      documents.set(image.manifestDigest, image.manifestBytes);
+      documents.set(image.manifest.config.digest, image.configBytes);
+      for (const layer of image.manifest.layers) addBlob(source, layer);
+    }
+    let top = resolved[0].descriptor;
+    if (platforms.length > 1) {
+      const original = await fetchTopManifest(source.client, source.ref);
+      const index = subsetIndex(resolved, original.manifest.mediaType);
+      documents.set(index.descriptor.digest, index.bytes);
+      top = index.descriptor;
+    }
+    layoutImages.push({ descriptor: top, ...names });
+    const layers = resolved.flatMap((r) => r.kind === "image" ? r.manifest.layers : []);
+    results.push({
+      reference: source.reference,
+      repoTags: source.repoTags,
+      imageId: resolved.length === 1 && resolved[0].kind === "image"
+        ? resolved[0].manifest.config.digest
+        : top.digest,
+      platforms: resolved.map((r) => r.platform),
+      layers: layers.length,
+      bytes: layers.reduce((sum, l) => sum + l.size, 0),
+    });
+  }
+  // Stored blobs are copied in (hashed); the rest downloaded into place.
+  for (const job of jobs) {
+    if (job.path || !job.descriptor) continue;
+    if (await run.store.use(job.digest) === job.size) job.path = run.store.blobPath(job.digest);
+  }
+  await fillAndCommit(run, await open(ociLayoutEntries(layoutImages, { documents, blobs })), jobs);
+  return results;
+}
+
+/**
+ * A schema1 image in an OCI layout: its layers downloaded (their sizes and compression are only
+ * known then), an OCI config synthesised from its history, and an OCI manifest over them.
+ */
+async function schema1AsOci(
+  run: PullRun,
+  source: Source,
+  resolved: Extract<ResolvedImage, { kind: "schema1" }>,
+): Promise<{
+  manifest: Descriptor;
+  manifestBytes: Uint8Array;
+  configDigest: string;
+  configBytes: Uint8Array;
+  layers: { digest: string; size: number; path: string; mediaType: string }[];
+}> {
+  const s1 = await fetchSchema1Layers(run, source, resolved);
+  const layers = await Promise.all(s1.layers.map(async (l) => {
+    const compression = await sniffCompression(l.path);
+    const mediaType = compression === "gzip"
+      ? MediaType.ociLayerGzip
+      : compression === "zstd"
+      ? MediaType.ociLayerZstd
+      : MediaType.ociLayer;
+    return { digest: l.digest, size: l.size, path: l.path, mediaType };
+  }));
+  const manifestBytes = new TextEncoder().encode(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    config: {
+      mediaType: MediaType.ociConfig,
+      digest: s1.configDigest,
+      size: s1.configBytes.byteLength,
+    },
+    layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+  }));
+  return {
+    manifest: {
+      mediaType: MediaType.ociManifest,
+      digest: digestOf(manifestBytes),
+      size: manifestBytes.byteLength,
+    },
+    manifestBytes,
+    configDigest: s1.configDigest,
+    configBytes: s1.configBytes,
+    layers,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// rootfs
+
+/**
+ * A root filesystem: every layer verified in the store first, then flattened in order
+ * (lib/writers/rootfs.ts) into a tar written to a hidden file beside the destination (renamed
+ * when complete) or to standard output.
+ */
+async function pullRootfs(
+  run: PullRun,
+  source: Source,
+  platform: PlatformRequest,
+  options: PullOptions,
+  output: string,
+): Promise<PulledImage[]> {
+  const resolved = await resolveImage(source.client, source.ref, platform, run.onEvent, run.store);
+  let layers: RootfsLayer[];
+  let imageId: string;
+  if (resolved.kind === "schema1") {
+    const s1 = await fetchSchema1Layers(run, source, resolved);
+    layers = await Promise.all(s1.layers.map(async (l) => ({
+      path: l.path,
+      compression: await sniffCompression(l.path),
+      diffId: l.diffId,
+      label: l.digest,
+    })));
+    imageId = s1.configDigest;
+  } else {
+    checkImageMediaTypes(resolved);
+    const { manifest, config } = resolved;
+    const paths = await runAll(run, manifest.layers, async (layer, index) => {
+      if (await run.store.use(layer.digest) === layer.size) {
+        run.onEvent({ type: "blob-done", digest: layer.digest, size: layer.size, reused: true });
+        return run.store.blobPath(layer.digest);
+      }
+      const result = await downloadBlob(
+        source.client,
+        layer,
+        run.store,
+        downloadOptions(run, index),
+      );
+      return result.path!;
+    });
+    layers = manifest.layers.map((layer, index) => ({
+      path: paths[index],
+      compression: layerCompression(layer.mediaType)!,
+      diffId: config.diffIds[index],
+      label: layer.digest,
+    }));
+    imageId = manifest.config.digest;
+  }
+  const rootfsOptions = { signal: run.signal, maxLayerBytes: run.policy.maxLayerBytes };
+  let summary;
+  if (options.output === "-") {
+    summary = await writeRootfs(layers, options.stdout!, rootfsOptions);
+  } else {
+    summary = await writeRootfsFile(output, layers, rootfsOptions);
+  }
+  run.onEvent({
+    type: "notice",
+    message: `Flattened ${layers.length} layers into ${summary.entries} entries`,
+  });
+  return [{
+    reference: source.reference,
+    repoTags: source.repoTags,
+    imageId,
+    platforms: [resolved.platform],
+    layers: layers.length,
+    bytes: summary.tarBytes,
+  }];
+}
+
+/** Writes a root filesystem tar beside `destination`, renamed onto it when complete. */
+async function writeRootfsFile(
+  destination: string,
+  layers: RootfsLayer[],
+  options: { signal: AbortSignal; maxLayerBytes?: number },
+): Promise<Awaited<ReturnType<typeof writeRootfs>>> {
+  await removeAbandonedArchives(destination);
+  const slash = destination.lastIndexOf("/");
+  const dir = slash > 0 ? destination.slice(0, slash) : slash === 0 ? "/" : ".";
+  const base = destination.slice(slash + 1);
+  const temp = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
+  let file: Deno.FsFile;
+  let holder: Deno.FsFile;
+  try {
+    file = await Deno.open(temp, { write: true, createNew: true });
+    // A second handle holds the lock: the first is closed by the stream.
+    holder = await Deno.open(temp, { read: true });
+    await holder.lock(true);
+  } catch (e) {
+    throw localIoError(e, `cannot write to ${dir}`);
+  }
+  try {
+    const summary = await writeRootfs(layers, file.writable, options);
+    await Deno.rename(temp, destination);
+    return summary;
+  } catch (e) {
+    await Deno.remove(temp).catch(() => {});
+    if (e instanceof ImgpullError) throw e;
+    throw localIoError(e, `cannot write ${destination}`);
+  } finally {
+    try {
+      holder.close();
+    } catch { /* closed */ }
+  }
 }
 
 /** `sha256:0123456789ab` for messages. */

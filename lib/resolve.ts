@@ -30,7 +30,7 @@ import {
   type Platform,
   selectPlatform,
 } from "./platform.ts";
-import { artifactKind, isIndexType } from "./media_types.ts";
+import { artifactKind, isIndexType, MediaType } from "./media_types.ts";
 import type { FetchedManifest, RegistryClient } from "./registry.ts";
 import type { BlobStore } from "./store.ts";
 import { readCapped } from "./transport.ts";
@@ -50,6 +50,10 @@ export type ResolvedImage =
     exactPlatform: boolean;
     /** Digest of the chosen image manifest (schema1: of its payload). */
     manifestDigest: string;
+    /** The manifest exactly as the registry sent it (verified by digest). */
+    manifestBytes: Uint8Array;
+    /** Its descriptor: from the index when chosen from one (with `platform`), else made here. */
+    descriptor: Descriptor;
   }
   & (
     | {
@@ -77,6 +81,24 @@ export interface PlatformEntry {
   mediaType: string;
 }
 
+/** A manifest or index, verified, with the bytes the registry sent. */
+export interface FetchedDocument {
+  manifest: Manifest;
+  digest: string;
+  bytes: Uint8Array;
+}
+
+/** The descriptor of a fetched document (as an index would list it). */
+function descriptorOf(fetched: FetchedDocument, platform?: Platform): Descriptor {
+  const d: Descriptor = {
+    mediaType: fetched.manifest.mediaType,
+    digest: fetched.digest,
+    size: fetched.bytes.byteLength,
+  };
+  if (platform) d.platform = platform;
+  return d;
+}
+
 /**
  * Parses a fetched manifest and checks it against the digest we asked for, or that an index
  * named. A schema1 digest covers the JWS payload, not the body: the manifest is parsed from
@@ -87,7 +109,7 @@ function verifiedManifest(
   fetched: FetchedManifest,
   expected: string | undefined,
   what: string,
-): { manifest: Manifest; digest: string } {
+): FetchedDocument {
   let manifest = parseManifest(fetched.bytes, fetched.contentType);
   let verifiedBytes: Uint8Array = fetched.bytes;
   if (manifest.kind === "schema1") {
@@ -103,14 +125,14 @@ function verifiedManifest(
   if (expected && actual !== expected) {
     throw new IntegrityError(`${what}: expected digest ${expected}, content has ${actual}`);
   }
-  return { manifest, digest: actual };
+  return { manifest, digest: actual, bytes: fetched.bytes };
 }
 
 async function fetchManifest(
   client: RegistryClient,
   reference: string,
   expected?: Descriptor | string,
-): Promise<{ manifest: Manifest; digest: string }> {
+): Promise<FetchedDocument> {
   const what = `manifest ${reference}`;
   const fetched = await client.getManifest(reference);
   const expectedDigest = typeof expected === "string" ? expected : expected?.digest;
@@ -140,7 +162,7 @@ export function indexPlatforms(index: IndexManifest): PlatformEntry[] {
 export function fetchTopManifest(
   client: RegistryClient,
   ref: Reference,
-): Promise<{ manifest: Manifest; digest: string }> {
+): Promise<FetchedDocument> {
   if (ref.digest) parseDigest(ref.digest);
   return fetchManifest(client, ref.digest ?? ref.tag ?? "latest", ref.digest);
 }
@@ -151,7 +173,7 @@ interface IndexLeaf {
   /** From the index entry, or (entries without one) from the image's own config. */
   platform?: Platform;
   /** Already fetched and verified (entries without a platform are looked at). */
-  fetched?: { manifest: Manifest; digest: string };
+  fetched?: FetchedDocument;
 }
 
 /**
@@ -261,6 +283,7 @@ export async function resolveImage(
   let current = await fetchTopManifest(client, ref);
   let chosenPlatform: string | undefined;
   let exact = true;
+  let listed: Descriptor | undefined;
   if (current.manifest.kind === "index") {
     const leaves = await indexLeaves(client, current.manifest, new Set([current.digest]));
     if (leaves.length === 0) throw emptyIndex(current.manifest);
@@ -272,6 +295,7 @@ export async function resolveImage(
       );
     }
     const leaf = leaves[match.index];
+    listed = { ...leaf.descriptor, platform: leaf.platform };
     chosenPlatform = formatPlatform(leaf.platform!);
     exact = match.exact;
     const digest = leaf.descriptor.digest;
@@ -292,6 +316,8 @@ export async function resolveImage(
       platform: display,
       exactPlatform: exact,
       manifestDigest: current.digest,
+      manifestBytes: current.bytes,
+      descriptor: listed ?? descriptorOf(current, actual),
     };
   }
   refuseArtifact(manifest, ref);
@@ -305,6 +331,73 @@ export async function resolveImage(
     platform: chosenPlatform ?? configPlatformText(config),
     exactPlatform: exact,
     manifestDigest: current.digest,
+    manifestBytes: current.bytes,
+    descriptor: listed ?? descriptorOf(current, platformOf(config)),
+  };
+}
+
+/** Everything an image with all its platforms consists of, for an OCI layout. */
+export interface ImageTree {
+  /** The top document (the index, or a single manifest), as index.json lists it. */
+  top: Descriptor;
+  /** Every index and manifest in the tree, byte for byte, by digest. */
+  documents: Map<string, Uint8Array>;
+  /** Every config and layer the manifests refer to, by digest. */
+  blobs: Map<string, Descriptor>;
+}
+
+/**
+ * `--all-platforms`: the reference's index (or single manifest) and everything under it,
+ * byte for byte: nested indexes, every manifest (attestations included), their configs and
+ * layers. Every document is verified by the digest its parent lists.
+ */
+export async function resolveTree(client: RegistryClient, ref: Reference): Promise<ImageTree> {
+  const top = await fetchTopManifest(client, ref);
+  const tree: ImageTree = { top: descriptorOf(top), documents: new Map(), blobs: new Map() };
+  const walk = async (doc: FetchedDocument, depth: number): Promise<void> => {
+    tree.documents.set(doc.digest, doc.bytes);
+    const manifest = doc.manifest;
+    if (manifest.kind === "schema1") {
+      throw new InvalidContentError(
+        `${ref.repository}: a schema1 manifest cannot be kept byte for byte in an OCI layout; ` +
+          `pull one platform instead`,
+      );
+    }
+    if (manifest.kind === "image") {
+      for (const d of [manifest.config, ...manifest.layers]) tree.blobs.set(d.digest, d);
+      return;
+    }
+    if (depth >= MAX_INDEX_DEPTH) {
+      throw new InvalidContentError(`image index nests deeper than ${MAX_INDEX_DEPTH} levels`);
+    }
+    await Promise.all(manifest.manifests.map(async (entry) => {
+      if (tree.documents.has(entry.digest)) return;
+      await walk(await fetchManifest(client, entry.digest, entry), depth + 1);
+    }));
+  };
+  await walk(top, 0);
+  return tree;
+}
+
+/**
+ * A new index listing exactly `images`' manifests, each with the descriptor its own index gave
+ * it (unchanged); the media type follows the original top document (OCI or Docker list).
+ */
+export function subsetIndex(
+  images: readonly ResolvedImage[],
+  mediaType: string,
+): { bytes: Uint8Array; descriptor: Descriptor } {
+  const listType = mediaType === MediaType.dockerManifestList
+    ? MediaType.dockerManifestList
+    : MediaType.ociIndex;
+  const bytes = new TextEncoder().encode(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: listType,
+    manifests: images.map((image) => image.descriptor),
+  }));
+  return {
+    bytes,
+    descriptor: { mediaType: listType, digest: digestOf(bytes), size: bytes.byteLength },
   };
 }
 
