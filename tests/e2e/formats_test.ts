@@ -55,7 +55,7 @@ import {
 } from "../helpers/formats/layout.ts";
 import { attackLayers } from "../helpers/layers.ts";
 import { podmanLoad } from "../helpers/podman.ts";
-import { run } from "../helpers/process.ts";
+import { run, sleep } from "../helpers/process.ts";
 import { type RunningRegistry, startRegistry } from "../helpers/registry.ts";
 
 const REF_NAME = "org.opencontainers.image.ref.name";
@@ -220,6 +220,23 @@ async function assertPodmanLoads(path: string, configDigest: string): Promise<st
   return loaded.images;
 }
 
+/** Registry access-log lines of layer blob GETs so far (HEADs and manifests not counted). */
+function layerGets(env: Environment, digest?: string): number {
+  const layers = new Set(
+    Object.values(env.fixtures.images).flatMap((i) =>
+      i.manifests.flatMap((m) => m.layers.map((l) => l.digest))
+    ),
+  );
+  const gets = env.registry.log().match(/"GET \/v2\/[^ "]+\/blobs\/sha256:[0-9a-f]{64}/g) ?? [];
+  return gets.map((g) => g.slice(g.lastIndexOf("/") + 1))
+    .filter((d) => digest ? d === digest : layers.has(d)).length;
+}
+
+/** GETs of the busybox layer every fixture shares. */
+function busyboxGets(env: Environment): number {
+  return layerGets(env, env.fixtures.busyboxLayer.digest);
+}
+
 function entriesOf(bytes: Uint8Array): Descriptor[] {
   return parseJson<{ manifests: Descriptor[] }>(bytes).manifests;
 }
@@ -335,6 +352,16 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
           const image = ctr.images.find((i) => i.name === `${H}/fixtures/app:v1`);
           assert.ok(image, `ctr lists ${ctr.images.map((i) => i.name).join(", ")}`);
           assert.equal(image.digest, appManifest.digest);
+
+          // -o -: the same layout on stdout, nothing written.
+          const out = await workDir(env, "oci-archive", `${phase}-stdout`);
+          const streamed = await cli(env, [...args, "-o", "-"], out);
+          assert.equal(streamed.code, 0, streamed.stderr);
+          const fromStdout = await readLayoutTar(streamed.stdout);
+          assertLayoutClean(fromStdout);
+          assert.deepEqual(fromStdout.index, layout.index);
+          assert.deepEqual([...fromStdout.blobs.keys()].sort(), [...layout.blobs.keys()].sort());
+          assert.deepEqual(await listTree(out), [], "nothing written beside stdout");
         }
       },
     );
@@ -492,6 +519,15 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
       assert.equal(archive.manifest[0].Layers[0], archive.manifest[1].Layers[0]);
       assert.ok(archive.repositories?.[`${H}/fixtures/app`]?.v1, "repositories lists fixtures/app");
       assert.ok(archive.repositories?.[`${H}/library/nginx`]?.latest, "repositories lists nginx");
+      if (archive.files.has("oci-layout")) {
+        // The optional Docker 25 hybrid: its OCI view must be just as complete.
+        const layout = await readLayoutTar(path);
+        assertLayoutClean(layout);
+        assert.deepEqual(
+          layout.index.manifests.map((e) => e.annotations?.[CONTAINERD_NAME]),
+          bundleRefs,
+        );
+      }
       return archive;
     };
     const assertDockerRunsBoth = async (path: string) => {
@@ -510,6 +546,8 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
       async () => {
         for (const phase of PHASES) {
           const cwd = await workDir(env, "bundle", phase);
+          const gets = layerGets(env);
+          const busybox = busyboxGets(env);
           const { path } = await pullOk(env, [
             ...bundleRefs,
             "--platform",
@@ -521,6 +559,18 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
           ], cwd);
           assert.equal(path, join(cwd, "bundle.tar"));
           assert.deepEqual(await listTree(cwd), ["bundle.tar"]);
+          await sleep(300); // the registry's access log reaches us through a pipe
+          const fetched = layerGets(env) - gets;
+          const layers = new Set(
+            [...appManifest.layers, ...nginxAmd64.layers].map((l) => l.digest),
+          );
+          // Cold: each distinct layer once (the shared busybox and release layers too); warm: none.
+          assert.equal(fetched, phase === "cold" ? layers.size : 0, "layer downloads");
+          assert.equal(
+            busyboxGets(env) - busybox,
+            phase === "cold" ? 1 : 0,
+            "the shared busybox layer is downloaded once",
+          );
           await assertBundle(path);
           await assertDockerRunsBoth(path);
           if (phase === "cold") {
@@ -528,6 +578,37 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
             for (const ref of bundleRefs) assert.ok(images.includes(ref), `podman: ${images}`);
           }
         }
+      },
+    );
+
+    await t.step(
+      "oci-archive and oci-dir of two images: one entry each, shared blobs once",
+      async () => {
+        const cwd = await workDir(env, "oci-bundle");
+        const common = [...bundleRefs, "--platform", "linux/amd64", "--cache-dir", bundleCache];
+        const { path: tar } = await pullOk(
+          env,
+          [...common, "--format", "oci-archive", "-o", "b.tar"],
+          cwd,
+        );
+        const { path: dir } = await pullOk(env, [...common, "--format", "oci-dir", "-o", "b"], cwd);
+        for (const layout of [await readLayoutTar(tar), await readLayoutDir(dir)]) {
+          assertLayoutClean(layout);
+          const entries = layout.index.manifests;
+          assert.deepEqual(entries.map((e) => e.digest), [appManifest.digest, nginxAmd64.digest]);
+          assert.deepEqual(entries.map((e) => e.annotations?.[CONTAINERD_NAME]), bundleRefs);
+          assert.deepEqual(entries.map((e) => e.annotations?.[REF_NAME]), ["v1", "latest"]);
+        }
+        // By ref name: skopeo 1.9 only matches entries of OCI media types (app:v1 is Docker's).
+        const inspected = await skopeoInspect(`oci-archive:${tar}:latest`);
+        assert.equal(inspected.code, 0, `skopeo inspect: ${said(inspected)}`);
+        assert.equal(JSON.parse(inspected.stdout).Digest, nginxAmd64.digest);
+        const ls = await umociLs(dir);
+        assert.equal(ls.code, 0, `umoci ls: ${said(ls)}`);
+        assert.deepEqual(ls.tags.sort(), ["latest", "v1"]);
+        const ctr = await ctrImport(env.containerd, "oci-bundle", tar);
+        assert.equal(ctr.import.code, 0, `ctr images import: ${said(ctr.import)}`);
+        assert.deepEqual(ctr.images.map((i) => i.name).sort(), [...bundleRefs].sort());
       },
     );
 
@@ -632,6 +713,14 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
         );
         await pullFails(env, bundleRefs, cwd, 2, /-o|--output/);
         await pullFails(env, [bundleRefs[0], "--format", "tarball"], cwd, 2, /format/);
+        // A directory layout cannot go to stdout.
+        await pullFails(
+          env,
+          [bundleRefs[0], "--format", "oci-dir", "-o", "-"],
+          cwd,
+          2,
+          /oci-dir|-o|stdout/,
+        );
       },
     );
 
@@ -732,10 +821,9 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
           tricky.reference,
           "--format",
           "rootfs",
-          "-o",
-          "tricky.tar",
           "--no-cache",
         ], work);
+        assert.equal(path, join(work, "rootfs_tricky_v1.tar"), "default name: .tar for rootfs");
 
         const target = join(work, "gnu");
         await extractTar(path, target);

@@ -1,9 +1,10 @@
 /**
- * Security scenarios (root filesystem output, issue #8): a registry serves layers built to escape
+ * Security scenarios (the output formats of issue #8). Root filesystem: a registry serves layers built to escape
  * the image root (`..`, paths through a symlink an earlier entry or layer made, hard links out of
  * the root or through symlinks, whiteouts through symlinks, PAX path overrides) or to exhaust
  * the reader (huge PAX headers, endless names, bad sizes). `--format rootfs` must refuse every
  * one with exit 8 and write nothing: no output file, and nothing on stdout with `-o -`.
+ * Integrity: a corrupt layer leaves no half-written OCI layout, archive or root filesystem.
  * @module
  */
 import { attackLayers, buildTar, gzip, type TarItem } from "../layers.ts";
@@ -23,6 +24,10 @@ export const CLASSES: { id: string; title: string }[] = [
   {
     id: "rootfs-escape",
     title: "rootfs: layers that escape the root or exhaust the reader are refused, nothing written",
+  },
+  {
+    id: "format-integrity",
+    title: "oci-dir, oci-archive, rootfs: a corrupt layer writes nothing (exit 5)",
   },
 ];
 
@@ -100,5 +105,49 @@ const escapes: Scenario[] = attackLayers().flatMap((attack) => {
   );
 });
 
+/** The same bytes with one byte flipped in the middle. */
+function corrupt(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  const bad = bytes.slice();
+  bad[bad.length >> 1] ^= 0xff;
+  return bad;
+}
+
+/**
+ * A layer whose bytes do not match its digest, for each new format: exit 5 and nothing at the
+ * destination (no directory for oci-dir, an existing file kept for the tar formats, nothing on
+ * stdout). A writer that parsed the layer before verifying it (rootfs) would say exit 8.
+ */
+const integrity: Scenario[] = (
+  [["oci-dir", "file"], ["oci-archive", "file"], ["rootfs", "file"], ["rootfs", "stdout"]] as const
+).map(([format, to]) =>
+  fault({
+    id: `corrupt-layer-${format}${to === "stdout" ? "-stdout" : ""}`,
+    cls: "format-integrity",
+    title: `a corrupt layer: --format ${format}${to === "stdout" ? " -o -" : ""} writes nothing`,
+    code: 5,
+    message: /digest/,
+    // An existing archive at the destination must survive (a directory layout has no such file).
+    preexisting: format !== "oci-dir" && to === "file",
+  }, (dirs) => {
+    const image = layerImage([
+      [{ name: "etc", type: "dir" }, { name: "etc/big", content: "x".repeat(300 * 1024) }],
+      [{ name: "etc/top", content: "top\n" }],
+    ], "formats/corrupt");
+    const target = image.layers[0];
+    return {
+      image,
+      args: ["--format", format],
+      output: to === "stdout" ? "-" : format === "oci-dir" ? `${dirs.out}/layout` : undefined,
+      handler: () => (req) =>
+        new URL(req.url).pathname.endsWith(`/blobs/${target.digest}`) && req.method === "GET"
+          ? new Response(corrupt(target.bytes))
+          : undefined,
+      expected: null,
+      check: (_run, outcome) =>
+        expect(outcome.stdout === "", `${outcome.stdout.length} characters on stdout`),
+    };
+  })
+);
+
 /** The scenarios, in class order. */
-export const SCENARIOS: Scenario[] = [...escapes];
+export const SCENARIOS: Scenario[] = [...escapes, ...integrity];
