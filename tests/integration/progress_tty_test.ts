@@ -219,6 +219,8 @@ async function pullInTmux(
 
 /** A line that is not a `[+]` line, the archive path or our exit marker, or looks like a bar. */
 function isStale(line: string, output: string): boolean {
+  // The final summary names a speed too; it is a line of its own, not a bar.
+  if (line.startsWith("[+] Done in ")) return false;
   return BAR_PIECE.test(line) ||
     !(line.startsWith("[+] ") || line === output || line === "__EXIT 0");
 }
