@@ -635,7 +635,8 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
         bundleRefs[1]
       }\n`;
       const cwd = await workDir(env, "images-from");
-      await Deno.writeTextFile(join(cwd, "images.txt"), list);
+      // The file as a Windows editor saves it: CRLF line ends.
+      await Deno.writeTextFile(join(cwd, "images.txt"), list.replaceAll("\n", "\r\n"));
       const common = ["--platform", "linux/amd64", "--cache-dir", bundleCache];
       const fromFile = await pullOk(env, [
         "--images-from",
@@ -656,40 +657,66 @@ Deno.test("e2e formats: oci-dir, oci-archive, several images and platforms, root
       await assertDockerRunsBoth(fromStdin.path);
     });
 
-    await t.step("one missing image fails the run with exit 4 and writes nothing", async () => {
-      const cwd = await workDir(env, "missing");
-      const missing = `${H}/fixtures/missing:v1`;
-      await pullFails(
-        env,
-        [bundleRefs[0], missing, "-o", "bundle.tar", "--cache-dir", bundleCache],
-        cwd,
-        4,
-        /not found|missing/i,
-      );
-      await pullFails(
-        env,
-        [bundleRefs[0], missing, "--format", "oci-dir", "-o", "layout", "--cache-dir", bundleCache],
-        cwd,
-        4,
-        /not found|missing/i,
-      );
-      await pullFails(
-        env,
-        ["--images-from", "-", "--format", "oci-archive", "-o", "b.tar", "--no-cache"],
-        cwd,
-        4,
-        /not found|missing/i,
-        `${bundleRefs[0]}\n${missing}\n`,
-      );
-      // -o - : nothing reaches stdout either (pullFails checks stdout is empty).
-      await pullFails(
-        env,
-        [missing, bundleRefs[1], "-o", "-", "--no-cache"],
-        cwd,
-        4,
-        /not found|missing/i,
-      );
-    });
+    await t.step(
+      "one missing image (exit 4) or platform (exit 1) fails the run and writes nothing",
+      async () => {
+        const cwd = await workDir(env, "missing");
+        const missing = `${H}/fixtures/missing:v1`;
+        await pullFails(
+          env,
+          [bundleRefs[0], missing, "-o", "bundle.tar", "--cache-dir", bundleCache],
+          cwd,
+          4,
+          /not found|missing/i,
+        );
+        await pullFails(
+          env,
+          [
+            bundleRefs[0],
+            missing,
+            "--format",
+            "oci-dir",
+            "-o",
+            "layout",
+            "--cache-dir",
+            bundleCache,
+          ],
+          cwd,
+          4,
+          /not found|missing/i,
+        );
+        await pullFails(
+          env,
+          ["--images-from", "-", "--format", "oci-archive", "-o", "b.tar", "--no-cache"],
+          cwd,
+          4,
+          /not found|missing/i,
+          `${bundleRefs[0]}\n${missing}\n`,
+        );
+        // -o - : nothing reaches stdout either (pullFails checks stdout is empty).
+        await pullFails(
+          env,
+          [missing, bundleRefs[1], "-o", "-", "--no-cache"],
+          cwd,
+          4,
+          /not found|missing/i,
+        );
+        // A platform of the list that the index lacks: exit 1, no layout.
+        await pullFails(
+          env,
+          [
+            `${H}/fixtures/multi:latest`,
+            "--platform",
+            "linux/amd64,linux/mips64",
+            "--format",
+            "oci-dir",
+          ],
+          cwd,
+          1,
+          /mips64/,
+        );
+      },
+    );
 
     await t.step(
       "usage: several platforms with docker-archive, several images without -o (exit 2)",
