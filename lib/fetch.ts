@@ -458,6 +458,8 @@ class BlobTransfer {
   #pumping?: Promise<void>;
   #pumpBuffer?: Uint8Array;
   #segments: Segment[] = [];
+  /** Furthest position each segment (by its start) ever reached, across restarts. */
+  readonly #reached = new Map<number, number>();
   readonly #resume?: Segment[];
   readonly #checkpoint?: (state: PartialState) => Promise<void>;
   #lastProgress = 0;
@@ -638,8 +640,16 @@ class BlobTransfer {
     return withRetries(() => attempt(segment), {
       retries: this.#options.policy.retries,
       signal,
-      // A retry that resumed and got further starts a fresh count.
-      progress: () => segment.written,
+      // A retry that got further than any attempt before starts a fresh count; bytes fetched
+      // again after a restart (a server ignoring Range) are not progress.
+      progress: () => {
+        const best = Math.max(
+          this.#reached.get(segment.start) ?? segment.start,
+          segment.start + segment.written,
+        );
+        this.#reached.set(segment.start, best);
+        return best;
+      },
       minProgress: MIN_RETRY_PROGRESS_BYTES,
       onRetry: (e, n, delay) =>
         this.#onEvent({

@@ -72,8 +72,10 @@ export async function withRetries<T>(
     } catch (e) {
       if (!(e instanceof ImgpullError) || !e.retryable) throw e;
       const advanced = before === undefined ? 0 : options.progress!() - before;
-      // Progress makes this failure a fresh start: its retry is not counted.
-      const progressed = advanced > 0 && advanced >= (options.minProgress ?? 1);
+      // A retry that progressed makes its failure a fresh start: its retry is not counted. The
+      // first attempt's bytes do not count, so a server that always stalls at the same place
+      // gets exactly `retries` retries.
+      const progressed = attempt > 0 && advanced > 0 && advanced >= (options.minProgress ?? 1);
       if (progressed) failures = 0;
       if (options.retries === 0 || (!progressed && failures >= options.retries)) throw e;
       options.signal?.throwIfAborted();
