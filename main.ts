@@ -55,6 +55,10 @@ Options:
   --password-stdin                 read the password from standard input
   --ca-cert FILE                   trust this CA certificate (PEM); may be repeated
   --plain-http                     allow plain HTTP to a registry that is not on loopback
+  --registry-mirror URL            mirror for Docker Hub images, as dockerd's option (repeat
+                                   for several; http:// and a path prefix allowed); replaces
+                                   daemon.json registry-mirrors
+  --hosts-dir DIR                  containerd hosts directory (default /etc/containerd/certs.d)
   --retries N                      retries per request or blob segment after a transient
                                    failure (default 3)
   --stall-timeout SECONDS          abort and retry a transfer that receives nothing for
@@ -91,6 +95,8 @@ const OPTIONS = {
   format: { type: "string" },
   "all-platforms": { type: "boolean" },
   "images-from": { type: "string" },
+  "registry-mirror": { type: "string", multiple: true },
+  "hosts-dir": { type: "string" },
   tag: { type: "string" },
   "list-platforms": { type: "boolean" },
   username: { type: "string", short: "u" },
@@ -301,6 +307,8 @@ export async function main(args: string[]): Promise<number> {
       password,
       caCertFiles: values["ca-cert"] ?? [],
       plainHttp: values["plain-http"] ?? false,
+      registryMirrors: values["registry-mirror"],
+      hostsDir: values["hosts-dir"],
       env,
       onEvent,
       signal: abort.signal,

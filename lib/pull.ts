@@ -10,7 +10,7 @@
  */
 import type { EnvReader } from "./auth/credentials.ts";
 import { decompressLayer, type DecompressOptions, sniffCompression } from "./compression.ts";
-import { connect, type ConnectOptions } from "./connect.ts";
+import { connectFirstWorking, type ConnectOptions } from "./connect.ts";
 import { digestOf, parseDigest } from "./digest.ts";
 import {
   ImgpullError,
@@ -44,6 +44,7 @@ import { formatPlatform, hostPlatform, parsePlatform } from "./platform.ts";
 import { parseReference, type Reference } from "./reference.ts";
 import type { RegistryClient } from "./registry.ts";
 import {
+  type FetchedDocument,
   fetchTopManifest,
   type ImageTree,
   listPlatforms,
@@ -189,12 +190,9 @@ export async function listImagePlatforms(
   options: ConnectOptions = {},
 ): Promise<PlatformEntry[]> {
   const ref = parseReference(reference);
-  const client = await connect(ref, options);
-  try {
-    return await listPlatforms(client, ref);
-  } finally {
-    client.close();
-  }
+  const found = await connectFirstWorking(ref, options, (c, r) => listPlatforms(c, r));
+  found.client.close();
+  return found.result;
 }
 
 /**
@@ -250,11 +248,16 @@ interface PullRun {
   failure: AbortController;
 }
 
-/** An image reference being pulled, with the client that serves it. */
+/** An image reference being pulled, with the endpoint (registry or mirror) that serves it. */
 interface Source {
   reference: string;
+  /** As the user wrote it: names the output. */
   ref: Reference;
+  /** As the serving endpoint knows it (a mirror's repository path): what is fetched. */
+  endpointRef: Reference;
   client: RegistryClient;
+  /** The top manifest, fetched (and verified) when the endpoint was chosen. */
+  top: FetchedDocument;
   repoTags: string[];
 }
 
@@ -312,7 +315,10 @@ function validate(options: PullOptions, refs: Reference[], format: OutputFormat)
 /** Pulls images into one output: a docker-archive, an OCI archive or layout, or a root filesystem. */
 export async function pull(options: PullOptions): Promise<PullResult> {
   const format = options.format ?? "docker-archive";
-  const references = options.references ?? (options.reference ? [options.reference] : []);
+  // The same reference twice is one image.
+  const references = [
+    ...new Set(options.references ?? (options.reference ? [options.reference] : [])),
+  ];
   const refs = references.map((r) => parseReference(r));
   validate(options, refs, format);
   const platforms = options.allPlatforms ? [] : requestedPlatforms(options.platform, options.env);
@@ -368,11 +374,18 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       failure,
     };
     for (let i = 0; i < refs.length; i++) {
-      const client = await connect(refs[i], { ...options, signal });
+      // Mirrors first, then the registry: the first endpoint that has the image serves it all.
+      const found = await connectFirstWorking(
+        refs[i],
+        { ...options, signal },
+        (client, endpointRef) => fetchTopManifest(client, endpointRef),
+      );
       sources.push({
         reference: references[i],
         ref: refs[i],
-        client,
+        endpointRef: found.ref,
+        client: found.client,
+        top: found.result,
         repoTags: repoTagsOf(refs[i]),
       });
     }
@@ -789,7 +802,7 @@ async function pullOciLayout(
     const tag = tagFor(source.ref);
     const names = { fullName: fullImageName(source.ref, tag), tag };
     if (platforms.length === 0) {
-      const tree: ImageTree = await resolveTree(source.client, source.ref);
+      const tree: ImageTree = await resolveTree(source.client, source.endpointRef, source.top);
       for (const [digest, bytes] of tree.documents) documents.set(digest, bytes);
       for (const d of tree.blobs.values()) addBlob(source, d);
       layoutImages.push({ descriptor: tree.top, ...names });
@@ -810,7 +823,14 @@ async function pullOciLayout(
     }
     const resolved: ResolvedImage[] = [];
     for (const platform of platforms) {
-      const image = await resolveImage(source.client, source.ref, platform, run.onEvent, run.store);
+      const image = await resolveImage(
+        source.client,
+        source.endpointRef,
+        platform,
+        run.onEvent,
+        run.store,
+        source.top,
+      );
       if (resolved.some((r) => r.manifestDigest === image.manifestDigest)) continue;
       resolved.push(image);
     }
@@ -833,8 +853,7 @@ async function pullOciLayout(
     }
     let top = resolved[0].descriptor;
     if (platforms.length > 1) {
-      const original = await fetchTopManifest(source.client, source.ref);
-      const index = subsetIndex(resolved, original.manifest.mediaType);
+      const index = subsetIndex(resolved, source.top.manifest.mediaType);
       documents.set(index.descriptor.digest, index.bytes);
       top = index.descriptor;
     }
@@ -923,7 +942,14 @@ async function pullRootfs(
   options: PullOptions,
   output: string,
 ): Promise<PulledImage[]> {
-  const resolved = await resolveImage(source.client, source.ref, platform, run.onEvent, run.store);
+  const resolved = await resolveImage(
+    source.client,
+    source.endpointRef,
+    platform,
+    run.onEvent,
+    run.store,
+    source.top,
+  );
   let layers: RootfsLayer[];
   let imageId: string;
   if (resolved.kind === "schema1") {

@@ -277,10 +277,12 @@ export async function resolveImage(
   request: PlatformRequest,
   onEvent: PullEventSink = () => {},
   store?: BlobStore,
+  /** The top manifest, when the caller fetched it already (choosing an endpoint). */
+  top?: FetchedDocument,
 ): Promise<ResolvedImage> {
   const { platform } = request;
   const requested = formatPlatform(platform);
-  let current = await fetchTopManifest(client, ref);
+  let current = top ?? await fetchTopManifest(client, ref);
   let chosenPlatform: string | undefined;
   let exact = true;
   let listed: Descriptor | undefined;
@@ -351,8 +353,12 @@ export interface ImageTree {
  * byte for byte: nested indexes, every manifest (attestations included), their configs and
  * layers. Every document is verified by the digest its parent lists.
  */
-export async function resolveTree(client: RegistryClient, ref: Reference): Promise<ImageTree> {
-  const top = await fetchTopManifest(client, ref);
+export async function resolveTree(
+  client: RegistryClient,
+  ref: Reference,
+  fetched?: FetchedDocument,
+): Promise<ImageTree> {
+  const top = fetched ?? await fetchTopManifest(client, ref);
   const tree: ImageTree = { top: descriptorOf(top), documents: new Map(), blobs: new Map() };
   const walk = async (doc: FetchedDocument, depth: number): Promise<void> => {
     tree.documents.set(doc.digest, doc.bytes);

@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 # podman, docker.io: the loaders that prove archives; apache2-utils: htpasswd (bcrypt);
 # busybox-static: the runnable binary inside test images; openssl: the test PKI;
 # containerd: `ctr images import` proves archives too; zstd: zstd and zstd:chunked-shaped layers;
-# tinyproxy: a real HTTP/CONNECT proxy; tmux: a real terminal for the progress bars; golang-*-dev: peers' Go sources, whose test tables
+# tinyproxy: a real HTTP/CONNECT proxy; tmux: a real terminal for the progress bars; umoci: an
+# OCI layout consumer (ls, stat, raw unpack); golang-*-dev: peers' Go sources, whose test tables
 # serve as oracles for our parsers (read from /usr/share/gocode at test time, never copied).
 APT_PACKAGES=(docker-registry skopeo podman docker.io apache2-utils busybox-static openssl
-  ca-certificates tar gzip uidmap iproute2 containerd zstd tinyproxy tmux
+  ca-certificates tar gzip uidmap iproute2 containerd zstd tinyproxy tmux umoci
   golang-github-containerd-containerd-dev golang-github-containers-image-dev
   golang-github-docker-distribution-dev)
 

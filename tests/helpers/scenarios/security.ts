@@ -8,8 +8,9 @@ import * as auth from "./security_auth.ts";
 import * as cache from "./security_cache.ts";
 import * as content from "./security_content.ts";
 import * as fetch from "./security_fetch.ts";
+import * as rootfs from "./security_rootfs.ts";
 
-const AREAS = [content, auth, cache, fetch];
+const AREAS = [content, auth, cache, fetch, rootfs];
 
 /** Report rows / tests of the security suite. */
 export const SECURITY_CLASSES: { id: string; title: string }[] = AREAS.flatMap((a) => a.CLASSES);
