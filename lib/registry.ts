@@ -6,8 +6,11 @@
  * @module
  */
 import { AuthSession } from "./auth/session.ts";
+import type { Challenge } from "./auth/challenge.ts";
 import type { Credential } from "./auth/credentials.ts";
+import { isDigest } from "./digest.ts";
 import { NetworkError } from "./errors.ts";
+import { type EndpointMemory, ManifestCache } from "./manifest_cache.ts";
 import { MANIFEST_ACCEPT } from "./media_types.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
@@ -52,6 +55,12 @@ export interface RegistryClientOptions {
   retries?: number;
   /** A request that receives nothing for this long is aborted and retried (default 30 s). */
   stallTimeoutMs?: number;
+  /**
+   * The private cache directory (`--cache-dir`): manifests are kept there by digest and what
+   * the registry's `/v2/` said is remembered, so that a warm pull asks only for a token and the
+   * tag (see ./manifest_cache.ts). Without it every manifest comes from the registry.
+   */
+  cacheDir?: string;
 }
 
 /** A manifest as the registry sent it. */
@@ -69,6 +78,9 @@ export class RegistryClient {
   readonly #session: AuthSession;
   #base?: string;
   #answeredHttp = false;
+  #cache?: Promise<ManifestCache | undefined>;
+  /** The scheme came from the cache's memory, not from a ping of this run. */
+  #baseRemembered = false;
 
   constructor(options: RegistryClientOptions) {
     this.options = options;
@@ -103,6 +115,12 @@ export class RegistryClient {
    * and registries named with --plain-http.
    */
   async ping(): Promise<void> {
+    if (await this.#pingFromMemory()) return;
+    await this.#pingRegistry();
+    await this.#rememberEndpoint();
+  }
+
+  async #pingRegistry(): Promise<void> {
     const host = registryApiHost(this.options.registry);
     if (this.options.plainHttp) {
       await this.retrying("ping", (signal) => this.#pingBase(`http://${host}`, signal));
@@ -124,6 +142,83 @@ export class RegistryClient {
         throw this.#answeredHttp ? httpError : httpsError;
       }
     }
+  }
+
+  /** The manifest cache, opened once; undefined without a cache directory or when unusable. */
+  #manifestCache(): Promise<ManifestCache | undefined> {
+    const root = this.options.cacheDir;
+    if (!root) return Promise.resolve(undefined);
+    this.#cache ??= ManifestCache.open(root).catch((e) => {
+      this.options.log?.(`manifest cache not used: ${(e as Error).message}`);
+      return undefined;
+    });
+    return this.#cache;
+  }
+
+  /** Names this endpoint in the cache's memory: its API host and root. */
+  get #endpointKey(): string {
+    return `endpoint ${registryApiHost(this.options.registry)}${this.apiRoot}`;
+  }
+
+  /**
+   * Whether a remembered base may be used now: it must be this registry's own host, HTTPS, or
+   * plain HTTP where {@link ping} itself would use it (`--plain-http`, insecure, loopback).
+   */
+  #rememberedBaseAllowed(base: string): boolean {
+    const host = registryApiHost(this.options.registry);
+    if (this.options.plainHttp) return base === `http://${host}`;
+    if (base === `https://${host}`) return true;
+    return base === `http://${host}` &&
+      (Boolean(this.options.insecure) || isLoopbackRegistry(this.options.registry));
+  }
+
+  /**
+   * The ping of a warm run: what `/v2/` said last time (scheme, challenge) is reused and the
+   * token asked for at once, saving the `/v2/` round trip. False (and the memory forgotten)
+   * when there is none or it fails, so that the real ping runs.
+   */
+  async #pingFromMemory(): Promise<boolean> {
+    const cache = await this.#manifestCache();
+    const memory = await cache?.getEndpoint(this.#endpointKey);
+    if (!cache || !memory || !this.#rememberedBaseAllowed(memory.base)) return false;
+    this.#base = memory.base;
+    this.#baseRemembered = true;
+    if (!memory.challenge) {
+      this.options.log?.(`${memory.base} needed no authentication last time; not pinging it`);
+      return true;
+    }
+    try {
+      await this.#session.answerRemembered(challengeOf(memory.challenge), memory.base);
+      this.options.log?.(`answered the remembered challenge of ${memory.base}`);
+      return true;
+    } catch (e) {
+      if (this.options.signal?.aborted) throw e;
+      this.options.log?.(
+        `the remembered challenge of ${memory.base} failed (${(e as Error).message}); ` +
+          `asking the registry again`,
+      );
+      this.#base = undefined;
+      this.#baseRemembered = false;
+      await cache.forgetEndpoint(this.#endpointKey);
+      return false;
+    }
+  }
+
+  /** Remembers the scheme and the challenge of this registry (from its own origin only). */
+  async #rememberEndpoint(): Promise<void> {
+    const cache = await this.#manifestCache();
+    if (!cache || !this.#base) return;
+    const challenge = this.#session.challenge;
+    const memory: EndpointMemory = { base: this.#base };
+    if (challenge) {
+      if (challenge.scheme !== "bearer" && challenge.scheme !== "basic") return;
+      memory.challenge = { scheme: challenge.scheme };
+      if (challenge.params.realm !== undefined) memory.challenge.realm = challenge.params.realm;
+      if (challenge.params.service !== undefined) {
+        memory.challenge.service = challenge.params.service;
+      }
+    }
+    await cache.putEndpoint(this.#endpointKey, memory);
   }
 
   /**
@@ -174,29 +269,99 @@ export class RegistryClient {
    * and the request is sent once more. Returns the response whatever its
    * status.
    */
-  async #get(path: string, headers: HeadersInit, signal?: AbortSignal): Promise<Response> {
+  async #get(
+    path: string,
+    headers: HeadersInit,
+    signal?: AbortSignal,
+    method: "GET" | "HEAD" = "GET",
+  ): Promise<Response> {
     const url = `${this.baseUrl}${this.apiRoot}/${this.options.repository}/${path}`;
     for (let attempt = 0;; attempt++) {
       const authorization = await this.#session.authorization();
       const requestHeaders = new Headers(headers);
       if (authorization) requestHeaders.set("authorization", authorization);
       const response = await this.#transport.fetch(url, {
+        method,
         headers: requestHeaders,
         signal: signal ?? this.options.signal,
       });
+      // The registry answered on the remembered scheme: it is right.
+      if (response.status !== 400) this.#baseRemembered = false;
       if (response.status !== 401 || attempt > 0) return response;
       await this.#session.challenged(response, authorization, this.baseUrl);
       await response.body?.cancel();
+      // The remembered challenge (if any) is out of date: keep the one that worked.
+      await this.#rememberEndpoint();
     }
   }
 
-  /** Fetches a manifest by tag or digest, capped at 4 MiB. */
-  getManifest(reference: string): Promise<FetchedManifest> {
-    const accept = (this.options.manifestAccept ?? MANIFEST_ACCEPT).join(", ");
+  get #manifestAccept(): string {
+    return (this.options.manifestAccept ?? MANIFEST_ACCEPT).join(", ");
+  }
+
+  /** Names a tag of this repository in the cache's memory (per Accept list: it can change the answer). */
+  #tagKey(tag: string): string {
+    return `${this.#endpointKey} ${this.options.repository}:${tag} ${this.#manifestAccept}`;
+  }
+
+  /**
+   * Fetches a manifest by tag or digest, capped at 4 MiB. With a cache directory, a manifest
+   * asked for by digest comes from the cache when it is there (hashed again); a tag whose last
+   * digest is cached is resolved with a `HEAD` (its `Docker-Content-Digest`), and the manifest
+   * then comes from the cache if that digest is there. What is fetched is cached under the
+   * sha256 of its bytes.
+   */
+  async getManifest(reference: string): Promise<FetchedManifest> {
+    const cache = await this.#manifestCache();
+    try {
+      return await this.#manifestVia(cache, reference);
+    } catch (e) {
+      // A remembered scheme the registry no longer speaks: forget it, ping, and ask again.
+      const wrongScheme = isTransportFailure(e) ||
+        (e instanceof NetworkError && e.status === 400);
+      if (!this.#baseRemembered || !wrongScheme || this.options.signal?.aborted) throw e;
+      this.options.log?.(`${this.#base} failed (${(e as Error).message}); pinging the registry`);
+      this.#baseRemembered = false;
+      await cache?.forgetEndpoint(this.#endpointKey);
+      await this.#pingRegistry();
+      await this.#rememberEndpoint();
+      return await this.#manifestVia(cache, reference);
+    }
+  }
+
+  async #manifestVia(
+    cache: ManifestCache | undefined,
+    reference: string,
+  ): Promise<FetchedManifest> {
+    if (cache) {
+      const cached = isDigest(reference)
+        ? await cache.getManifest(reference)
+        : await this.#resolveTagFromCache(cache, reference);
+      if (cached) {
+        this.options.log?.(`manifest ${cached.digest} from the cache`);
+        return {
+          bytes: cached.bytes,
+          contentType: cached.contentType,
+          digestHeader: cached.digest,
+        };
+      }
+    }
+    const fetched = await this.#fetchManifest(reference);
+    if (cache) {
+      const digest = await cache.putManifest(fetched.bytes, fetched.contentType);
+      // Schema1 digests cover a payload, not the body: no hint would ever match.
+      if (!isDigest(reference) && (fetched.digestHeader ?? digest) === digest) {
+        await cache.putTag(this.#tagKey(reference), digest);
+      }
+    }
+    return fetched;
+  }
+
+  #fetchManifest(reference: string): Promise<FetchedManifest> {
     const what = `manifest ${this.options.registry}/${this.options.repository}:${reference}`;
     return this.retrying(what, async (signal) => {
       const response = await this.#get(`manifests/${reference}`, {
-        accept,
+        accept: this.#manifestAccept,
         "accept-encoding": "identity",
       }, signal);
       if (!response.ok) throw await errorForResponse(response, what);
@@ -207,6 +372,37 @@ export class RegistryClient {
         digestHeader: response.headers.get("docker-content-digest"),
       };
     });
+  }
+
+  /**
+   * A tag resolved with one `HEAD` to a cached manifest, when the tag was seen before and its
+   * manifest is still cached (otherwise a GET fetches it at once, with no extra round trip).
+   * Undefined when the registry's answer does not lead to a cached manifest.
+   */
+  async #resolveTagFromCache(cache: ManifestCache, tag: string) {
+    const key = this.#tagKey(tag);
+    const hint = await cache.getTag(key);
+    if (!hint || !(await cache.getManifest(hint))) return undefined;
+    const what = `manifest ${this.options.registry}/${this.options.repository}:${tag}`;
+    const digest = await this.retrying(what, async (signal) => {
+      const response = await this.#get(
+        `manifests/${tag}`,
+        {
+          accept: this.#manifestAccept,
+          "accept-encoding": "identity",
+        },
+        signal,
+        "HEAD",
+      );
+      await response.body?.cancel();
+      // Anything unusual is left to the GET, which reports it properly.
+      return response.ok ? response.headers.get("docker-content-digest")?.trim() : undefined;
+    });
+    if (!digest || !isDigest(digest)) return undefined;
+    const cached = await cache.getManifest(digest);
+    if (cached && digest !== hint) await cache.putTag(key, digest);
+    this.options.log?.(`tag ${tag} is ${digest} at ${this.endpointName}`);
+    return cached;
   }
 
   /**
@@ -244,4 +440,12 @@ export class RegistryClient {
   close(): void {
     this.#transport.close();
   }
+}
+
+/** A remembered challenge in the form the session answers (parameters without a prototype). */
+function challengeOf(memory: NonNullable<EndpointMemory["challenge"]>): Challenge {
+  const params: Record<string, string> = Object.create(null);
+  if (memory.realm !== undefined) params.realm = memory.realm;
+  if (memory.service !== undefined) params.service = memory.service;
+  return { scheme: memory.scheme, params };
 }

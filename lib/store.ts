@@ -8,6 +8,7 @@
  * partial/<alg>/<hex>.json   which byte ranges of it are written
  * locks/<alg>/<hex>.lock     flock held by the process downloading <hex>
  * diffids/<alg>/<hex>        text: digest of a stored blob whose uncompressed content has this diff_id
+ * manifests/, registries/, tags/   manifests by digest and what registries said (./manifest_cache.ts)
  * tmp/                       scratch files of running pulls
  * ```
  *
@@ -60,7 +61,7 @@ export class CacheEntryCorruptError extends IntegrityError {
 }
 
 /** Areas of a store (directories under its root). */
-const AREAS = ["blobs", "partial", "locks", "diffids"] as const;
+const AREAS = ["blobs", "partial", "locks", "diffids", "manifests", "registries", "tags"] as const;
 const ALGORITHMS = ["sha256", "sha512"] as const;
 
 /** Where blobs live: the shared cache, or a pull's scratch directory. */

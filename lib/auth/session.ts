@@ -111,6 +111,31 @@ export class AuthSession {
     await this.renew(usedAuthorization);
   }
 
+  /** The challenge this session answers (to remember it for the next run), if any. */
+  get challenge(): Challenge | undefined {
+    return this.#challenge;
+  }
+
+  /**
+   * Answers a challenge remembered from an earlier run of the registry at `registryBase`
+   * (`scheme://host[:port]`, the registry's own origin) without asking `/v2/` again: the token
+   * is requested straight away, under the same rules as a fresh challenge (no credentials over
+   * plain HTTP to a realm of an HTTPS registry). The caller remembers challenges only from the
+   * registry's origin and uses them only for it. On failure the session is as new.
+   */
+  async answerRemembered(challenge: Challenge, registryBase: string): Promise<void> {
+    this.#registryProtocol = new URL(registryBase).protocol;
+    this.#challenge = challenge;
+    try {
+      await this.renew(this.#authorization);
+    } catch (e) {
+      this.#challenge = undefined;
+      this.#authorization = undefined;
+      this.#expiresAt = Infinity;
+      throw e;
+    }
+  }
+
   /** True once a challenge has been answered. */
   get authenticated(): boolean {
     return this.#authorization !== undefined;
