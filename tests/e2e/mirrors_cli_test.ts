@@ -27,6 +27,9 @@ import { startTokenServer, type TokenServer } from "../helpers/token_server.ts";
 
 const MIRROR_USER = "mirror-user";
 const MIRROR_PASSWORD = "mirror-pass:word";
+/** A user the mirror also knows: the upstream's credentials would open the mirror. */
+const UPSTREAM_USER = "upstream-user";
+const UPSTREAM_PASSWORD = "upstream-pass";
 const CACHE_USER = "cache";
 const CACHE_PASSWORD = "cache-secret";
 
@@ -108,7 +111,7 @@ async function startServices(): Promise<Services> {
         mode: "basic",
         storageDir: basicSeed.storageDir,
         pki,
-        users: { [MIRROR_USER]: MIRROR_PASSWORD },
+        users: { [MIRROR_USER]: MIRROR_PASSWORD, [UPSTREAM_USER]: UPSTREAM_PASSWORD },
       }).then(started),
       startRegistry({
         mode: "token",
@@ -298,6 +301,37 @@ location = "${s.empty.host}/team"
       assert.ok(s.empty.log().includes("/v2/team/app/manifests/1"), "the 404 mirror was asked");
       assert.deepEqual(manifestServedBy(r.stderr), [`${s.upstream.url}/team/app`]);
       await assertArchive(sc.out, s.images.app, ["corp.example/team/app:1"]);
+
+      // By digest: the mirror answering 404 for the digest is skipped the same way, and an OCI
+      // layout names the image as the user did, never by an endpoint.
+      const digest = s.images.app.digest;
+      const oci = join(sc.dir, "app.oci.tar");
+      const r2 = await imgpull(
+        [
+          `corp.example/team/app@${digest}`,
+          "--format",
+          "oci-archive",
+          "-o",
+          oci,
+          "--no-cache",
+          "--retries",
+          "0",
+        ],
+        { env: sc.env },
+      );
+      assert.equal(r2.code, 0, describe(r2));
+      const notices2 = mirrorNotices(r2.stderr);
+      assert.equal(notices2.length, 2, describe(r2));
+      assert.ok(s.empty.log().includes(`/v2/team/app/manifests/${digest}`));
+      const files = readTar(await Deno.readFile(oci));
+      const index = JSON.parse(new TextDecoder().decode(files.get("index.json")!));
+      const annotations = index.manifests[0].annotations;
+      assert.equal(index.manifests[0].digest, digest);
+      assert.equal(
+        annotations["io.containerd.image.name"],
+        `corp.example/team/app:${digest.replace(":", "-")}`,
+        JSON.stringify(annotations),
+      );
     });
 
     await t.step("4. a pull-through cache in front of a token-auth registry", async () => {
@@ -551,6 +585,32 @@ location = "${s.basic.host}/team"
         [],
       );
       await assertArchive(sc.out, s.images.app, ["auth.example/team/only-upstream:1"]);
+
+      // The other way round: credentials stored for the upstream (by its location and by the
+      // name the user typed) are never offered to the mirror, even though the mirror would
+      // accept them; without its own, the mirror refuses (401) and the upstream serves.
+      const upstreamAuth = Buffer.from(`${UPSTREAM_USER}:${UPSTREAM_PASSWORD}`).toString("base64");
+      await Deno.writeTextFile(
+        sc.env.REGISTRY_AUTH_FILE,
+        JSON.stringify({
+          auths: {
+            [s.upstream.host]: { auth: upstreamAuth },
+            "auth.example": { auth: upstreamAuth },
+          },
+        }),
+      );
+      const r3 = await pullIn(sc, [
+        "auth.example/team/app:1",
+        "--ca-cert",
+        s.pki.caCertPath,
+        "--verbose",
+      ]);
+      assert.equal(r3.code, 0, describe(r3));
+      const notices3 = mirrorNotices(r3.stderr);
+      assert.equal(notices3.length, 1, describe(r3));
+      assert.ok(notices3[0].includes(s.basic.host), notices3[0]);
+      assert.deepEqual(manifestServedBy(r3.stderr), [`${s.upstream.url}/team/app`]);
+      await assertArchive(sc.out, s.images.app, ["auth.example/team/app:1"]);
     });
 
     await t.step(
