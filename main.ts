@@ -28,7 +28,7 @@ import {
 } from "./lib/pull.ts";
 import { parseReference } from "./lib/reference.ts";
 import { VERSION, versionText } from "./lib/version.ts";
-import { writeErr, writeOut } from "./cli/output.ts";
+import { oneLine, writeErr, writeOut } from "./cli/output.ts";
 import { humanBytes, ProgressRenderer } from "./cli/progress.ts";
 
 const HELP = `imgpull ${VERSION}: pull container images into docker or OCI archives without Docker
@@ -170,17 +170,32 @@ async function readPasswordFromStdin(): Promise<string> {
   return text.replace(/\r?\n$/, "");
 }
 
+/** An event whose text may quote the registry, each text on one line. */
+function singleLine(event: PullEvent): PullEvent {
+  switch (event.type) {
+    case "notice":
+    case "warning":
+    case "debug":
+      return { ...event, message: oneLine(event.message) };
+    case "platform":
+      return { ...event, requested: oneLine(event.requested), chosen: oneLine(event.chosen) };
+    default:
+      return event;
+  }
+}
+
 function reportError(e: unknown, verbose: boolean, interrupted: boolean): number {
   if (interrupted) {
     writeErr(`[-] Interrupted; no archive was written\n`);
     return ExitCode.interrupted;
   }
   if (e instanceof PlatformNotFoundError) {
-    writeErr(`[-] ${e.message}\n[+] Available platforms:\n`);
-    for (const p of e.available) writeErr(`  - ${p}\n`);
+    writeErr(`[-] ${oneLine(e.message)}\n[+] Available platforms:\n`);
+    for (const p of e.available) writeErr(`  - ${oneLine(p)}\n`);
   } else if (e instanceof ImgpullError) {
-    writeErr(`[-] ${e.message}\n`);
-    if (e.hint) writeErr(`[-] Hint: ${e.hint}\n`);
+    // Messages may quote the registry: one line each, whatever it sent.
+    writeErr(`[-] ${oneLine(e.message)}\n`);
+    if (e.hint) writeErr(`[-] Hint: ${oneLine(e.hint)}\n`);
   } else {
     const message = e instanceof Error ? e.message : String(e);
     writeErr(`[-] Unexpected error: ${message.split("\n")[0]}\n`);
@@ -229,7 +244,8 @@ export async function main(args: string[]): Promise<number> {
     const quiet = values.quiet ?? false;
     const renderer = new ProgressRenderer({ quiet, verbose });
     // Warnings are not progress: -q keeps them.
-    const onEvent = (event: PullEvent): void => {
+    const onEvent = (raw: PullEvent): void => {
+      const event = singleLine(raw);
       if (event.type !== "warning") return renderer.handle(event);
       const text = `[!] Warning: ${event.message}`;
       if (quiet) writeErr(`${text}\n`);
@@ -393,7 +409,7 @@ export async function main(args: string[]): Promise<number> {
     }
   } catch (e) {
     if (e instanceof PlatformMismatchError) {
-      writeErr(`[-] ${e.message}\n`);
+      writeErr(`[-] ${oneLine(e.message)}\n`);
       return e.exitCode;
     }
     return reportError(e, verbose, interrupted);

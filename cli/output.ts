@@ -37,3 +37,16 @@ export function writeErrControl(sequence: string): void {
 export function writeOut(text: string): void {
   Deno.stdout.writeSync(encoder.encode(`${printable(redact(text))}\n`));
 }
+
+/**
+ * Text from outside (a registry's error message, a platform string, a URL) as one line: line
+ * breaks become spaces, so that it cannot start a line of its own (a forged `[+] Wrote …`).
+ *
+ * @example
+ * ```ts
+ * oneLine("oops\n[+] Wrote x"); // "oops [+] Wrote x"
+ * ```
+ */
+export function oneLine(text: string): string {
+  return text.replace(/\r\n|[\r\n\u2028\u2029\x85]/g, " ");
+}

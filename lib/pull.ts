@@ -11,7 +11,7 @@
 import type { EnvReader } from "./auth/credentials.ts";
 import { decompressLayer, type DecompressOptions, sniffCompression } from "./compression.ts";
 import { connectFirstWorking, type ConnectOptions } from "./connect.ts";
-import { digestOf, parseDigest } from "./digest.ts";
+import { DigestHasher, digestOf, parseDigest } from "./digest.ts";
 import {
   ImgpullError,
   InvalidContentError,
@@ -56,7 +56,7 @@ import {
   subsetIndex,
 } from "./resolve.ts";
 import { Semaphore } from "./semaphore.ts";
-import { BlobStore, CacheEntryCorruptError, localIoError } from "./store.ts";
+import { BlobStore, CacheEntryCorruptError, evictFile, localIoError } from "./store.ts";
 import {
   type Assembly,
   type AssemblyEntry,
@@ -458,6 +458,61 @@ async function runAll<T, R>(
 }
 
 /**
+ * Each blob once. One digest names one content, so it has one size: two images (or an image and
+ * a conversion) giving a digest two sizes are refused, since the output was laid out with one
+ * of them.
+ */
+function distinctJobs(jobs: readonly BlobJob[]): BlobJob[] {
+  const byDigest = new Map<string, BlobJob>();
+  for (const job of jobs) {
+    const known = byDigest.get(job.digest);
+    if (known && known.size !== job.size) {
+      throw new InvalidContentError(
+        `${job.digest} is listed with two sizes (${known.size} and ${job.size})`,
+      );
+    }
+    if (!known) byDigest.set(job.digest, job);
+  }
+  return [...byDigest.values()];
+}
+
+/**
+ * Stored blob `digest`, hashed again first: a damaged entry (bit rot, another user of a shared
+ * cache) is evicted, with a warning, so that the caller downloads it again. Used where the blob
+ * is read for its content (decompressed) rather than copied through a hashing copy.
+ */
+async function verifiedStored(
+  run: PullRun,
+  digest: string,
+  size: number,
+): Promise<string | undefined> {
+  const stored = await run.store.use(digest);
+  // Schema1 blobs have no size (-1): any stored size will do, the hash decides.
+  if (stored === undefined || (size >= 0 && stored !== size)) return undefined;
+  const path = run.store.blobPath(digest);
+  const hasher = new DigestHasher(parseDigest(digest).algorithm);
+  try {
+    using file = await Deno.open(path, { read: true });
+    const buffer = new Uint8Array(1024 * 1024);
+    for (;;) {
+      const n = await file.read(buffer);
+      if (n === null) break;
+      hasher.update(buffer.subarray(0, n));
+    }
+  } catch {
+    return undefined;
+  }
+  if (hasher.digest() === digest) return path;
+  await evictFile(path);
+  run.onEvent({
+    type: "warning",
+    message: `cached blob ${shortDigest(digest)} is damaged (its content does not match its ` +
+      `digest); removed from the cache and downloading it again`,
+  });
+  return undefined;
+}
+
+/**
  * Fills every blob of an output, each once: stored ones are copied in (hashed on the way; a
  * damaged cache entry is evicted and downloaded again into its place), the others downloaded
  * straight into their place when the output has one, else into the store and copied. Then
@@ -469,7 +524,7 @@ async function fillAndCommit(
   jobs: readonly BlobJob[],
   reported: ReadonlySet<string> = new Set(),
 ): Promise<void> {
-  const distinct = [...new Map(jobs.map((job) => [job.digest, job])).values()];
+  const distinct = distinctJobs(jobs);
   const copyOptions = { signal: run.signal };
   const download = async (job: BlobJob): Promise<void> => {
     const descriptor = job.descriptor!;
@@ -533,10 +588,11 @@ async function pullDockerArchive(
   for (const source of sources) {
     const resolved = await resolveImage(
       source.client,
-      source.ref,
+      source.endpointRef,
       platform,
       run.onEvent,
       run.store,
+      source.top,
     );
     const prepared = resolved.kind === "image"
       ? await prepareDockerImage(run, source, resolved, reported)
@@ -552,6 +608,7 @@ async function pullDockerArchive(
       bytes: prepared.image.layers.reduce((sum, l) => sum + l.size, 0),
     });
   }
+  distinctJobs(jobs); // one size per digest, before anything is written
   await fillAndCommit(run, await open(dockerArchiveEntries(archiveImages)), jobs, reported);
   return results;
 }
@@ -613,10 +670,10 @@ async function prepareDockerImage(
       layerCompression(layer.mediaType) === "zstd" && layers[index].path === undefined
     );
   await runAll(run, zstd, async ({ layer, index }) => {
-    const cached = await store.use(layer.digest) === layer.size;
-    const path = cached
-      ? store.blobPath(layer.digest)
-      : (await downloadBlob(source.client, layer, store, downloadOptions(run, index))).path;
+    const stored = await verifiedStored(run, layer.digest, layer.size);
+    const cached = stored !== undefined;
+    const path = stored ??
+      (await downloadBlob(source.client, layer, store, downloadOptions(run, index))).path;
     layers[index] = await convertZstdLayer(
       layers[index],
       path!,
@@ -727,12 +784,8 @@ async function fetchSchema1Layers(
   const layers = await runAll(run, real, async (layer, index) => {
     // Schema1 has no sizes; the digest check still covers every byte.
     const descriptor: Descriptor = { mediaType: "", digest: layer.blobSum, size: -1 };
-    const { path } = await downloadBlob(
-      source.client,
-      descriptor,
-      store,
-      downloadOptions(run, index),
-    );
+    const path = await verifiedStored(run, layer.blobSum, -1) ??
+      (await downloadBlob(source.client, descriptor, store, downloadOptions(run, index))).path;
     if (!path) throw new Error("schema1 layer was not stored");
     const { diffId } = await decompressLayer(path, await sniffCompression(path), undefined, {
       maxBytes: run.policy.maxLayerBytes,
@@ -788,7 +841,13 @@ async function pullOciLayout(
   const jobs: BlobJob[] = [];
   const results: PulledImage[] = [];
   const addBlob = (source: Source, d: Descriptor) => {
-    if (blobs.has(d.digest) || documents.has(d.digest)) return;
+    const known = blobs.get(d.digest);
+    if (known && known.size !== d.size) {
+      throw new InvalidContentError(
+        `${d.digest} is listed with two sizes (${known.size} and ${d.size})`,
+      );
+    }
+    if (known || documents.has(d.digest)) return;
     blobs.set(d.digest, d);
     jobs.push({
       digest: d.digest,
@@ -870,12 +929,19 @@ async function pullOciLayout(
       bytes: layers.reduce((sum, l) => sum + l.size, 0),
     });
   }
+  // A blob that is also a document (one image's layer another's config) is written once, from
+  // the document's verified bytes.
+  const blobJobs = jobs.filter((job) => !documents.has(job.digest));
   // Stored blobs are copied in (hashed); the rest downloaded into place.
-  for (const job of jobs) {
+  for (const job of blobJobs) {
     if (job.path || !job.descriptor) continue;
     if (await run.store.use(job.digest) === job.size) job.path = run.store.blobPath(job.digest);
   }
-  await fillAndCommit(run, await open(ociLayoutEntries(layoutImages, { documents, blobs })), jobs);
+  await fillAndCommit(
+    run,
+    await open(ociLayoutEntries(layoutImages, { documents, blobs })),
+    blobJobs,
+  );
   return results;
 }
 
@@ -965,9 +1031,10 @@ async function pullRootfs(
     checkImageMediaTypes(resolved);
     const { manifest, config } = resolved;
     const paths = await runAll(run, manifest.layers, async (layer, index) => {
-      if (await run.store.use(layer.digest) === layer.size) {
+      const stored = await verifiedStored(run, layer.digest, layer.size);
+      if (stored) {
         run.onEvent({ type: "blob-done", digest: layer.digest, size: layer.size, reused: true });
-        return run.store.blobPath(layer.digest);
+        return stored;
       }
       const result = await downloadBlob(
         source.client,

@@ -121,7 +121,9 @@ function verifiedManifest(
       }
     }
   }
-  const actual = digestOf(verifiedBytes);
+  // The digest names its algorithm (sha256, or sha512 for an index or pin that uses it).
+  const algorithm = expected ? parseDigest(expected).algorithm : "sha256";
+  const actual = digestOf(verifiedBytes, algorithm);
   if (expected && actual !== expected) {
     throw new IntegrityError(`${what}: expected digest ${expected}, content has ${actual}`);
   }

@@ -14,6 +14,7 @@ import {
   startFaultRegistry,
 } from "../helpers/fault_registry.ts";
 import { buildImage, expectedArchive, MiB, verifyArchive } from "../helpers/hostile_image.ts";
+import { layerImage } from "../helpers/scenarios/security_rootfs.ts";
 
 /** One 12 MiB layer (segmented) and one small one, opaque bytes: digests are what is checked. */
 const testImage = () => buildImage({ layers: [12 * MiB + 777, 5000], seed: 7 });
@@ -154,4 +155,39 @@ Deno.test("cache: a damaged cache entry never reaches the archive", async () => 
       ["a.tar", "b.tar", "cache"],
     );
   });
+});
+
+Deno.test("cache: a damaged cached layer is fetched again before it is decompressed (rootfs)", async () => {
+  const image = layerImage([
+    [{ name: "etc", type: "dir" }, { name: "etc/big", content: "x".repeat(200 * 1024) }],
+    [{ name: "etc/top", content: "top\n" }],
+  ], "cache/rootfs");
+  const registry = startFaultRegistry({ blobs: image.blobs, manifests: image.manifests });
+  const dir = await Deno.makeTempDir();
+  try {
+    const cache = join(dir, "cache");
+    const ref = `${registry.host}/${image.repository}:${image.tag}`;
+    const pull = (out: string) =>
+      cli([ref, "--format", "rootfs", "--cache-dir", cache, "-o", out], dir);
+    const cold = await pull("a.tar");
+    assert.equal(cold.code, 0, cold.stderr);
+    // Damage the first layer in the cache: its gzip stream no longer decompresses.
+    const blob = join(cache, "blobs", "sha256", image.layers[0].digest.slice(7));
+    const bytes = await Deno.readFile(blob);
+    for (let i = 0; i < 4; i++) bytes[100 + i] ^= 0xff;
+    await Deno.writeFile(blob, bytes);
+    registry.requests.splice(0);
+    const warm = await pull("b.tar");
+    assert.equal(warm.code, 0, warm.stderr);
+    assert.match(warm.stderr, /damaged/);
+    assert.ok(registry.requests.some((r) => r.path.endsWith(image.layers[0].digest)));
+    assert.deepEqual(
+      await Deno.readFile(join(dir, "b.tar")),
+      await Deno.readFile(join(dir, "a.tar")),
+    );
+    assert.deepEqual(await Deno.readFile(blob), image.layers[0].bytes, "the cache entry repaired");
+  } finally {
+    await registry.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

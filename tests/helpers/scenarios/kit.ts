@@ -116,7 +116,8 @@ export interface FaultSetup {
   tls?: boolean;
   /** Reference to pull; default `<host>/<repository>:<tag>`. */
   ref?: (image: TestImage, registry: FaultRegistry) => string;
-  args?: string[];
+  /** Extra CLI arguments; a function when they name the registry (e.g. a second image). */
+  args?: string[] | ((image: TestImage, registry: FaultRegistry) => string[]);
   /** Default: the image's config and layers. `null`: nothing to verify beyond the format. */
   expected?: Prepared["expected"] | null;
   secrets?: string[];
@@ -157,7 +158,10 @@ export function fault(
       };
       return {
         ref: s.ref?.(image, registry) ?? `${registry.host}/${image.repository}:${image.tag}`,
-        args: [...(pki ? ["--ca-cert", pki.caCertPath] : []), ...(s.args ?? [])],
+        args: [
+          ...(pki ? ["--ca-cert", pki.caCertPath] : []),
+          ...(typeof s.args === "function" ? s.args(image, registry) : s.args ?? []),
+        ],
         stdin: s.stdin,
         expected: s.expected === null ? undefined : s.expected ?? expectedArchive(image),
         secrets: s.secrets,

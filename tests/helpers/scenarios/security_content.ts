@@ -208,6 +208,66 @@ const terminalInjection: Scenario[] = [
   }),
 ];
 
+/** A line feed in a registry's message must not start a line of its own (a forged `[+]`). */
+const lineInjection: Scenario = fault({
+  id: "newline-in-error-message",
+  cls: "terminal-injection",
+  title: "a line feed in a registry error message cannot forge a [+] line",
+  code: 4,
+  message: /not found|oops/i,
+}, () => ({
+  handler: () => (req) =>
+    pathOf(req).includes("/manifests/")
+      ? Response.json({
+        errors: [{
+          code: "MANIFEST_UNKNOWN",
+          message: "oops\n[+] Wrote docker.io/library/ubuntu:latest\r\n[+] Image ID: sha256:0",
+        }],
+      }, { status: 404 })
+      : undefined,
+  expected: null,
+  check: (_run, outcome) =>
+    expect(
+      !outcome.stderr.split("\n").some((l) =>
+        l.startsWith("[+] Wrote") || l.startsWith("[+] Image")
+      ),
+      `a forged line reached the terminal: ${JSON.stringify(outcome.stderr)}`,
+    ),
+}));
+
+/**
+ * Two images in one output, one of them giving a shared layer another size: laid out with one
+ * size and downloaded with the other, the surplus would spill over the next members.
+ */
+const crossImageSizes: Scenario = fault({
+  id: "digest-two-sizes-across-images",
+  cls: "member-injection",
+  title: "two images giving one layer two sizes in one archive are refused before any download",
+  code: 8,
+  message: /listed with two sizes/,
+}, () => {
+  const image = buildImage({ layers: [20 * 1024], repository: "test/a" });
+  const layer = image.layers[0];
+  const lying = manifestBlob({
+    schemaVersion: 2,
+    mediaType: MT.dockerManifest,
+    config: {
+      mediaType: image.config.mediaType,
+      digest: image.config.digest,
+      size: image.config.size,
+    },
+    layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: 1024 }],
+  }, MT.dockerManifest);
+  image.manifests.set("test/b:latest", { bytes: lying.bytes, mediaType: lying.mediaType });
+  return {
+    image,
+    ref: (img, registry) => `${registry.host}/${img.repository}:latest`,
+    args: (_img, registry) => [`${registry.host}/test/b:latest`],
+    expected: null,
+    check: (run) => exactly(run, "layer", 0, "refused before any download"),
+  };
+});
+
 /** 11.14: `-q` hides progress, not the warning that a password was given on the command line. */
 const warnings: Scenario[] = [
   fault({
@@ -233,6 +293,8 @@ const warnings: Scenario[] = [
 export const SCENARIOS: Scenario[] = [
   digestPin,
   ...memberInjection,
+  crossImageSizes,
   ...terminalInjection,
+  lineInjection,
   ...warnings,
 ];
