@@ -77,6 +77,65 @@ export interface FetchPolicy {
    * {@link DEFAULT_MAX_UNKNOWN_SIZE_BYTES}.
    */
   maxLayerBytes?: number;
+  /** `--limit-rate`: blob bytes per second for the whole pull, across every connection. */
+  limitRateBytes?: number;
+  /** Paces every transfer to {@link limitRateBytes} (one bucket for the whole pull). */
+  rateLimiter?: RateLimiter;
+}
+
+/** Burst a rate limit allows after an idle moment: short, so the average holds over seconds. */
+const RATE_BURST_MS = 50;
+
+/**
+ * A token bucket (kept as a virtual clock) shared by every transfer of a process: each chunk
+ * read books `bytes ÷ rate` of link time, and the reader waits until the booking falls due.
+ * While it waits it does not read, so TCP flow control slows the sender. What is idle is not
+ * saved up beyond a short burst, so the average rate of a pull stays at the limit.
+ */
+export class RateLimiter {
+  readonly bytesPerSecond: number;
+  /** Virtual time (ms, `performance.now()` scale) at which the bytes booked so far are due. */
+  #due = 0;
+
+  constructor(bytesPerSecond: number) {
+    if (!(bytesPerSecond > 0) || !Number.isFinite(bytesPerSecond)) {
+      throw new RangeError(`rate limit must be a positive number of bytes per second`);
+    }
+    this.bytesPerSecond = bytesPerSecond;
+  }
+
+  /**
+   * Bytes to allow per read: at most 50 ms of the link, and no more than a body read returns
+   * when data is waiting (64 KiB), so that what is booked before a read is what arrives.
+   */
+  get chunkBytes(): number {
+    return Math.max(4096, Math.min(64 * 1024, Math.floor(this.bytesPerSecond / 20)));
+  }
+
+  /** Gives back link time booked for bytes that did not come (a short read, an error). */
+  refund(bytes: number): void {
+    if (bytes > 0) this.#due -= (bytes * 1000) / this.bytesPerSecond;
+  }
+
+  /** Books `bytes` about to be read and waits until the average rate allows them. */
+  async take(bytes: number, signal?: AbortSignal): Promise<void> {
+    const now = performance.now();
+    this.#due = Math.max(this.#due, now - RATE_BURST_MS) + (bytes * 1000) / this.bytesPerSecond;
+    const wait = this.#due - now;
+    if (wait <= 0) return;
+    signal?.throwIfAborted();
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, wait);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
 }
 
 /** A policy with the documented defaults. */
@@ -87,9 +146,12 @@ export function fetchPolicy(
     retries?: number;
     stallTimeoutMs?: number;
     maxLayerBytes?: number;
+    /** `--limit-rate` in bytes per second (see {@link RateLimiter}). */
+    limitRateBytes?: number;
   } = {},
 ): FetchPolicy {
   const connectionCount = options.connections ?? DEFAULT_CONNECTIONS;
+  const rate = options.limitRateBytes;
   return {
     connections: new Semaphore(connectionCount),
     connectionCount,
@@ -99,6 +161,8 @@ export function fetchPolicy(
     retries: options.retries ?? 3,
     stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
     maxLayerBytes: options.maxLayerBytes,
+    limitRateBytes: rate,
+    rateLimiter: rate !== undefined ? new RateLimiter(rate) : undefined,
   };
 }
 
@@ -764,18 +828,34 @@ class BlobTransfer {
     // Read buffers are reused across segments: fewer allocations, a lower peak RSS.
     const pool = this.#options.policy.buffers;
     let buffer: ArrayBuffer | undefined = pool.pop() ?? new ArrayBuffer(READ_BUFFER_BYTES);
+    const limiter = this.#options.policy.rateLimiter;
     try {
       for (;;) {
         let chunk: ReadableStreamReadResult<Uint8Array<ArrayBuffer>>;
-        const view: Uint8Array<ArrayBuffer> = new Uint8Array(buffer!);
+        // Under a rate limit a read is allowed first (so what was received never runs ahead of
+        // the limit, and progress shows the limited pace) and small (so waits stay short).
+        const remaining = segment.end - (segment.start + segment.written);
+        const booked = limiter && remaining > 0 ? Math.min(limiter.chunkBytes, remaining) : 0;
+        if (booked > 0) {
+          stall.pause(); // waiting for the limit is not a stall
+          await limiter!.take(booked, this.#options.signal);
+          stall.kick();
+        }
+        const view: Uint8Array<ArrayBuffer> = new Uint8Array(
+          buffer!,
+          0,
+          limiter ? Math.max(booked, 1) : buffer!.byteLength,
+        );
         // A BYOB read takes the buffer over; it is ours again only with the result.
         buffer = undefined;
         try {
           chunk = await reader.read(view);
         } catch (e) {
+          limiter?.refund(booked);
           // A stall aborts the body with the stall's own (retryable) error.
           throw stall.signal.aborted ? stall.signal.reason : toNetworkError(e, response.url);
         }
+        limiter?.refund(booked - (chunk.done ? 0 : chunk.value.byteLength));
         if (chunk.done) {
           if (chunk.value) buffer = chunk.value.buffer;
           break;

@@ -120,6 +120,11 @@ export class StallTimer {
     }, this.#ms);
   }
 
+  /** Stops watching for a while (the reader itself is waiting); {@link kick} resumes. */
+  pause(): void {
+    clearTimeout(this.#timer);
+  }
+
   /** Stops watching (always call it, or the timer keeps the process alive). */
   clear(): void {
     clearTimeout(this.#timer);
