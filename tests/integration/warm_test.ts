@@ -15,6 +15,7 @@ import { MT } from "../helpers/fixtures.ts";
 import { pushBlob, pushManifest, sha256Digest } from "../helpers/push.ts";
 import { startRegistry } from "../helpers/registry.ts";
 import { generateTestPki } from "../helpers/tls.ts";
+import { imgpull } from "../helpers/cli.ts";
 import { startTokenServer } from "../helpers/token_server.ts";
 
 const SERVICE = "imgpull-warm-registry";
@@ -190,6 +191,46 @@ Deno.test("warm: a cached tag resolves in one token request and one HEAD", async
       ]);
       const again = await counted(() => resolve(`${registry.host}/${repo}:v1`));
       assert.deepEqual(again.registry, [`HEAD /v2/${repo}/manifests/v1`]);
+    });
+
+    await t.step({
+      name: "the CLI: a warm re-pull is one token request and one HEAD",
+      // Needs connect.ts to pass ConnectOptions.cacheDir on to RegistryClientOptions.cacheDir.
+      ignore: !(await Deno.readTextFile(new URL("../../lib/connect.ts", import.meta.url)))
+        .includes("cacheDir"),
+      fn: async () => {
+        const home = join(work, "home");
+        await Deno.mkdir(home);
+        const cliCache = join(work, "cli-cache");
+        const args = (out: string) => [
+          `${registry.host}/${repo}:v1`,
+          "--cache-dir",
+          cliCache,
+          "--ca-cert",
+          pki.caCertPath,
+          "--username",
+          "alice",
+          "--password-stdin",
+          "--platform",
+          "linux/amd64",
+          "-o",
+          join(work, out),
+        ];
+        const cold = await counted(() =>
+          imgpull(args("cold.tar"), { env: { HOME: home }, stdin: "wonderland" })
+        );
+        assert.equal(cold.result.code, 0, cold.result.stderr);
+        const warm = await counted(() =>
+          imgpull(args("warm.tar"), { env: { HOME: home }, stdin: "wonderland" })
+        );
+        assert.equal(warm.result.code, 0, warm.result.stderr);
+        assert.deepEqual(warm.registry, [`HEAD /v2/${repo}/manifests/v1`]);
+        assert.equal(warm.tokens, 1);
+        assert.deepEqual(
+          await Deno.readFile(join(work, "cold.tar")),
+          await Deno.readFile(join(work, "warm.tar")),
+        );
+      },
     });
 
     await t.step("a remembered realm that fails falls back to the ping", async () => {
