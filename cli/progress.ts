@@ -10,6 +10,7 @@
  */
 import type { PullEvent } from "../lib/events.ts";
 import { shortDigest } from "../lib/pull.ts";
+import { readEnvIfAllowed } from "../lib/transport.ts";
 import { writeErr, writeErrControl } from "./output.ts";
 
 /** The 12 hex digits users know a layer by (as docker prints them). */
@@ -170,6 +171,15 @@ interface BlobState {
 }
 
 /**
+ * Whether stderr is a terminal that takes cursor movement: not with `TERM=dumb` (Emacs shells,
+ * some CI logs); progress is then occasional plain lines. imgpull prints no colour at all, so
+ * `NO_COLOR` needs nothing more.
+ */
+export function drawsInPlace(env: (name: string) => string | undefined): boolean {
+  return Deno.stderr.isTerminal() && env("TERM") !== "dumb";
+}
+
+/**
  * Renders pull events on stderr: bars on a TTY, occasional lines elsewhere, nothing with
  * `quiet`. The terminal, clock and writers can be replaced for tests ({@link ProgressIo}).
  *
@@ -203,7 +213,7 @@ export class ProgressRenderer {
     this.#quiet = options.quiet;
     this.#verbose = options.verbose;
     this.#io = {
-      tty: options.tty ?? Deno.stderr.isTerminal(),
+      tty: options.tty ?? drawsInPlace(readEnvIfAllowed),
       size: options.size ?? REAL_IO.size,
       now: options.now ?? REAL_IO.now,
       write: options.write ?? REAL_IO.write,

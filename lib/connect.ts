@@ -190,7 +190,11 @@ export async function connectFirstWorking<T>(
     try {
       connected = await connectEndpoint(endpoint, options);
       const result = await attempt(connected.client, endpoint.ref);
-      debug(`${ref.registry}/${ref.repository} served by ${describeEndpoint(endpoint)}`);
+      // The client's own name: the scheme it settled on (a loopback fallback to plain HTTP).
+      debug(
+        `${ref.registry}/${ref.repository} served by ${connected.client.endpointName} ` +
+          `(${endpoint.mirror ? "mirror" : "upstream"}, ${endpoint.source})`,
+      );
       return { client: connected.client, ref: endpoint.ref, result, endpoint };
     } catch (error) {
       connected?.client.close();

@@ -41,6 +41,7 @@ import {
   tagFor,
 } from "./naming.ts";
 import { formatPlatform, hostPlatform, parsePlatform } from "./platform.ts";
+import { joinPath, splitPath } from "./paths.ts";
 import { parseReference, type Reference } from "./reference.ts";
 import type { RegistryClient } from "./registry.ts";
 import {
@@ -223,10 +224,9 @@ async function checkDestination(output: string, format: OutputFormat): Promise<s
       hint: "give a file name with -o, e.g. -o image.tar",
     });
   }
-  const slash = output.lastIndexOf("/");
-  const dir = slash > 0 ? output.slice(0, slash) : slash === 0 ? "/" : ".";
+  const { dir } = splitPath(output);
   // Fail before downloading anything when the output could not be written.
-  const probe = `${dir}/.imgpull-probe-${crypto.randomUUID().slice(0, 8)}`;
+  const probe = joinPath(dir, `.imgpull-probe-${crypto.randomUUID().slice(0, 8)}`);
   try {
     await Deno.writeFile(probe, new Uint8Array(0), { createNew: true });
     await Deno.remove(probe);
@@ -1080,10 +1080,8 @@ async function writeRootfsFile(
   options: { signal: AbortSignal; maxLayerBytes?: number },
 ): Promise<Awaited<ReturnType<typeof writeRootfs>>> {
   await removeAbandonedArchives(destination);
-  const slash = destination.lastIndexOf("/");
-  const dir = slash > 0 ? destination.slice(0, slash) : slash === 0 ? "/" : ".";
-  const base = destination.slice(slash + 1);
-  const temp = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
+  const { dir, base } = splitPath(destination);
+  const temp = joinPath(dir, `.${base}.${crypto.randomUUID().slice(0, 8)}.partial`);
   let file: Deno.FsFile;
   let holder: Deno.FsFile;
   try {

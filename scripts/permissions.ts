@@ -7,7 +7,8 @@
 
 /**
  * The variables imgpull reads: docker config, podman's auth.json and registries.conf, rootless
- * daemon.json, default platform, credential helpers, cache, and the proxy variables (Deno uses
+ * daemon.json, default platform, credential helpers, cache, TERM (no cursor movement on a dumb
+ * terminal), and the proxy variables (Deno uses
  * them without any permission; reading them lets an error name the proxy that failed).
  */
 export const ALLOWED_ENV = [
@@ -21,6 +22,7 @@ export const ALLOWED_ENV = [
   "XDG_RUNTIME_DIR",
   "REGISTRY_AUTH_FILE",
   "CONTAINERS_REGISTRIES_CONF",
+  "TERM",
   "HTTPS_PROXY",
   "https_proxy",
   "HTTP_PROXY",

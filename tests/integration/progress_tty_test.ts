@@ -144,6 +144,7 @@ const BAR_PIECE = /\[[= ]{2,}\]?|MB\/s|ETA|\d\/\d/;
 async function pullInTmux(
   columns: number,
   whileBars: (tmux: Tmux) => Promise<void> = () => Promise.resolve(),
+  term = "tmux-256color",
 ) {
   const work = await Deno.makeTempDir({ prefix: "imgpull-tty-" });
   const cleanups: (() => Promise<void>)[] = [() => Deno.remove(work, { recursive: true })];
@@ -180,6 +181,7 @@ async function pullInTmux(
       `HOME=${work}`,
       `DENO_DIR=${DENO_DIR}`,
       "NO_COLOR=1",
+      `TERM=${term}`,
       Deno.execPath(),
       "run",
       "--quiet",
@@ -205,7 +207,11 @@ async function pullInTmux(
       `${command}; echo "__EXIT $?"; sleep 600`,
     );
     // tmux keeps no scrollback by default beyond 2000 lines: plenty here.
-    await waitFor(tmux, "a progress bar", (text) => /MB\/s/.test(text) || /__EXIT/.test(text));
+    await waitFor(
+      tmux,
+      "a progress bar",
+      (text) => /MB\/s/.test(text) || /__EXIT/.test(text) || term === "dumb",
+    );
     await whileBars(tmux);
     const text = await waitFor(tmux, "the end of the pull", (t) => /__EXIT \d+/.test(t));
     const code = Number(/__EXIT (\d+)/.exec(text)![1]);
@@ -259,4 +265,12 @@ Deno.test("progress in tmux: the window is resized while bars are drawn (SIGWINC
   // the new width, every later frame would stay behind instead (dozens of lines).
   const stale = lines.filter((l) => isStale(l, output));
   assert.ok(stale.length <= widths.length, `stale lines:\n${lines.join("\n")}`);
+});
+
+Deno.test("progress on a dumb terminal (TERM=dumb): plain lines, no escape sequences", async () => {
+  const { lines, code, output } = await pullInTmux(50, undefined, "dumb");
+  assert.equal(code, 0, lines.join("\n"));
+  assert.ok(lines.every((l) => !l.includes("\x1b")), lines.join("\n"));
+  assert.ok(!lines.some((l) => /\[[= ]{3,}\]/.test(l)), `a bar was drawn:\n${lines.join("\n")}`);
+  assert.ok(lines.includes(output), lines.join("\n"));
 });
