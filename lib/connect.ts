@@ -12,7 +12,7 @@ import type { PullEventSink } from "./events.ts";
 import type { Reference } from "./reference.ts";
 import { describeEndpoint, type Endpoint, endpointsFor } from "./registries/endpoints.ts";
 import { RegistryClient } from "./registry.ts";
-import { endpointTls } from "./tls.ts";
+import { certsDirRoots, endpointTls } from "./tls.ts";
 
 /** How to reach the registry. */
 export interface ConnectOptions {
@@ -84,7 +84,11 @@ async function connectEndpoint(endpoint: Endpoint, options: ConnectOptions): Pro
   const { ref } = endpoint;
   const tls = await endpointTls(ref.registry, {
     caCertFiles: options.caCertFiles,
-    certsDirs: options.certsDirs,
+    certsDirs: options.certsDirs ??
+      certsDirRoots(Deno.build.os, {
+        HOME: options.env?.get("HOME"),
+        XDG_CONFIG_HOME: options.env?.get("XDG_CONFIG_HOME"),
+      }),
     caFiles: endpoint.caFiles,
     clientPairs: endpoint.clientPairs,
   });

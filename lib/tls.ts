@@ -11,8 +11,35 @@
 import { UsageError } from "./errors.ts";
 import { createTlsClient, type TlsOptions } from "./transport.ts";
 
-/** Where per-registry certificate directories are looked for. */
+/** Where per-registry certificate directories are looked for on Linux (system-wide). */
 export const CERTS_D_ROOTS = ["/etc/docker/certs.d", "/etc/containers/certs.d"];
+
+/**
+ * The `certs.d` roots of Docker and podman on each OS, in order: the system-wide ones, then the
+ * user's (rootless podman, Docker Desktop).
+ *
+ * @example
+ * ```ts
+ * certsDirRoots("linux", { HOME: "/home/u" });
+ * // ["/etc/docker/certs.d", "/etc/containers/certs.d", "/home/u/.config/containers/certs.d"]
+ * certsDirRoots("windows", {}); // ["C:\\ProgramData\\docker\\certs.d"]
+ * ```
+ */
+export function certsDirRoots(
+  os: typeof Deno.build.os,
+  env: { HOME?: string; XDG_CONFIG_HOME?: string },
+): string[] {
+  const home = env.HOME || undefined;
+  if (os === "windows") {
+    return ["C:\\ProgramData\\docker\\certs.d", ...(home ? [`${home}\\.docker\\certs.d`] : [])];
+  }
+  const config = env.XDG_CONFIG_HOME || (home ? `${home}/.config` : undefined);
+  const user = [
+    ...(os === "darwin" && home ? [`${home}/.docker/certs.d`] : []),
+    ...(config ? [`${config}/containers/certs.d`] : []),
+  ];
+  return [...CERTS_D_ROOTS, ...user];
+}
 
 async function readIfPresent(path: string): Promise<string | undefined> {
   try {
