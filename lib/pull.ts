@@ -424,6 +424,22 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   }
 }
 
+/** Resolves a source for one platform, at the endpoint that serves it, from its top manifest. */
+function resolveAt(
+  run: PullRun,
+  source: Source,
+  platform: PlatformRequest,
+): Promise<ResolvedImage> {
+  return resolveImage(
+    source.client,
+    source.endpointRef,
+    platform,
+    run.onEvent,
+    run.store,
+    source.top,
+  );
+}
+
 /** How blob `index` of this pull downloads; `output` is its place in the output, if known. */
 function downloadOptions(run: PullRun, index: number, output?: BlobSink): DownloadOptions {
   return { policy: run.policy, signal: run.signal, onEvent: run.onEvent, index, output };
@@ -586,14 +602,7 @@ async function pullDockerArchive(
   const reported = new Set<string>();
   const results: PulledImage[] = [];
   for (const source of sources) {
-    const resolved = await resolveImage(
-      source.client,
-      source.endpointRef,
-      platform,
-      run.onEvent,
-      run.store,
-      source.top,
-    );
+    const resolved = await resolveAt(run, source, platform);
     const prepared = resolved.kind === "image"
       ? await prepareDockerImage(run, source, resolved, reported)
       : await prepareSchema1Image(run, source, resolved);
@@ -882,14 +891,7 @@ async function pullOciLayout(
     }
     const resolved: ResolvedImage[] = [];
     for (const platform of platforms) {
-      const image = await resolveImage(
-        source.client,
-        source.endpointRef,
-        platform,
-        run.onEvent,
-        run.store,
-        source.top,
-      );
+      const image = await resolveAt(run, source, platform);
       if (resolved.some((r) => r.manifestDigest === image.manifestDigest)) continue;
       resolved.push(image);
     }
@@ -1008,14 +1010,7 @@ async function pullRootfs(
   options: PullOptions,
   output: string,
 ): Promise<PulledImage[]> {
-  const resolved = await resolveImage(
-    source.client,
-    source.endpointRef,
-    platform,
-    run.onEvent,
-    run.store,
-    source.top,
-  );
+  const resolved = await resolveAt(run, source, platform);
   let layers: RootfsLayer[];
   let imageId: string;
   if (resolved.kind === "schema1") {

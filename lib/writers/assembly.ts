@@ -221,6 +221,44 @@ function fileWriter(file: Deno.FsFile): { write(bytes: Uint8Array): Promise<void
   };
 }
 
+/** The entry of blob `digest`; asking for a blob the output does not hold is a bug. */
+function blobEntry<T extends AssemblyEntry>(blobs: Map<string, T>, digest: string): T {
+  const blob = blobs.get(digest);
+  if (!blob) throw new Error(`blob ${digest} is not part of this output`);
+  return blob;
+}
+
+/** Copies stored blob `entry.digest` into `path` at `offset` (see {@link copyVerified}). */
+async function copyIntoFile(
+  path: string,
+  offset: number,
+  entry: AssemblyEntry,
+  sourcePath: string,
+  destination: string,
+  options: { signal?: AbortSignal },
+): Promise<void> {
+  let out: Deno.FsFile | undefined;
+  try {
+    out = await Deno.open(path, { write: true });
+    if (offset > 0) await out.seek(offset, Deno.SeekMode.Start);
+  } catch (e) {
+    closeQuietly(out);
+    throw localIoError(e, `cannot write ${destination}`);
+  }
+  try {
+    await copyVerified(
+      entry.digest!,
+      sourcePath,
+      fileWriter(out),
+      entry.size,
+      destination,
+      options.signal,
+    );
+  } finally {
+    closeQuietly(out);
+  }
+}
+
 function closeQuietly(file: Deno.FsFile | undefined): void {
   try {
     file?.close();
@@ -276,9 +314,7 @@ export class TarAssembly implements Assembly {
   }
 
   #blob(digest: string): PlacedEntry {
-    const blob = this.#blobs.get(digest);
-    if (!blob) throw new Error(`blob ${digest} is not part of this output`);
-    return blob;
+    return blobEntry(this.#blobs, digest);
   }
 
   /** Where the bytes of blob `digest` go in the temporary file. */
@@ -290,28 +326,9 @@ export class TarAssembly implements Assembly {
     return { path: this.path, offset: this.blobOffset(digest) };
   }
 
-  async copyIn(digest: string, sourcePath: string, options: { signal?: AbortSignal } = {}) {
+  copyIn(digest: string, sourcePath: string, options: { signal?: AbortSignal } = {}) {
     const blob = this.#blob(digest);
-    let out: Deno.FsFile | undefined;
-    try {
-      out = await Deno.open(this.path, { write: true });
-      await out.seek(blob.offset + 512, Deno.SeekMode.Start);
-    } catch (e) {
-      closeQuietly(out);
-      throw localIoError(e, `cannot write ${this.destination}`);
-    }
-    try {
-      await copyVerified(
-        digest,
-        sourcePath,
-        fileWriter(out),
-        blob.size,
-        this.destination,
-        options.signal,
-      );
-    } finally {
-      closeQuietly(out);
-    }
+    return copyIntoFile(this.path, blob.offset + 512, blob, sourcePath, this.destination, options);
   }
 
   async commit(): Promise<void> {
@@ -383,35 +400,17 @@ export class DirectoryAssembly implements Assembly {
   }
 
   #blob(digest: string): AssemblyEntry {
-    const blob = this.#blobs.get(digest);
-    if (!blob) throw new Error(`blob ${digest} is not part of this output`);
-    return blob;
+    return blobEntry(this.#blobs, digest);
   }
 
   sinkFor(digest: string): BlobSink {
     return { path: join(this.path, this.#blob(digest).name), offset: 0 };
   }
 
-  async copyIn(digest: string, sourcePath: string, options: { signal?: AbortSignal } = {}) {
+  copyIn(digest: string, sourcePath: string, options: { signal?: AbortSignal } = {}) {
     const blob = this.#blob(digest);
-    let out: Deno.FsFile | undefined;
-    try {
-      out = await Deno.open(join(this.path, blob.name), { write: true });
-    } catch (e) {
-      throw localIoError(e, `cannot write ${this.destination}`);
-    }
-    try {
-      await copyVerified(
-        digest,
-        sourcePath,
-        fileWriter(out),
-        blob.size,
-        this.destination,
-        options.signal,
-      );
-    } finally {
-      closeQuietly(out);
-    }
+    const path = join(this.path, blob.name);
+    return copyIntoFile(path, 0, blob, sourcePath, this.destination, options);
   }
 
   async commit(): Promise<void> {
