@@ -7,9 +7,9 @@
  * The library never prints and never exits: progress arrives as
  * {@link PullEvent}s and failures are {@link ImgpullError}s, each with the
  * exit code the `imgpull` command uses for it. It needs the same permissions
- * as the command: `--allow-net --allow-read --allow-write
- * --allow-env=HOME,DOCKER_CONFIG,DOCKER_DEFAULT_PLATFORM,PATH,XDG_CACHE_HOME,LOCALAPPDATA
- * --allow-run` (the last only for `docker-credential-*` helpers).
+ * as the command (the list in `scripts/permissions.ts`: `--allow-net --allow-read
+ * --allow-write --allow-env=HOME,DOCKER_CONFIG,… --allow-run`, the last only for
+ * `docker-credential-*` helpers).
  *
  * ## Pulling: {@link pull}, {@link PullOptions}, {@link PullResult}
  *
@@ -26,6 +26,25 @@
  *   },
  * });
  * console.log(result.output, result.imageId, result.repoTags, result.layers, result.bytes);
+ * ```
+ *
+ * ## Other outputs and several images: {@link OutputFormat}, {@link PulledImage}
+ *
+ * The same choices as the command's `--format`, `--all-platforms`, several references and
+ * `--registry-mirror`: every image goes into one output, shared blobs once.
+ *
+ * ```ts
+ * import { OUTPUT_FORMATS, pull } from "@imgpull/imgpull";
+ *
+ * console.log(OUTPUT_FORMATS); // ["docker-archive", "oci-archive", "oci-dir", "rootfs"]
+ * const result = await pull({
+ *   references: ["alpine:3.20", "busybox:1.36"],
+ *   format: "oci-archive",
+ *   allPlatforms: true,
+ *   output: "bundle.tar",
+ *   registryMirrors: ["https://mirror.gcr.io"],
+ * });
+ * for (const image of result.images) console.log(image.reference, image.imageId);
  * ```
  *
  * ## Listing platforms: {@link listImagePlatforms}, {@link PlatformEntry}
@@ -134,7 +153,10 @@ export { connect, type ConnectOptions } from "./connect.ts";
 export {
   defaultOutputName,
   listImagePlatforms,
+  OUTPUT_FORMATS,
+  type OutputFormat,
   pull,
+  type PulledImage,
   type PullOptions,
   type PullResult,
   repoTagFor,
