@@ -292,14 +292,15 @@ export async function machineInfo(): Promise<string> {
 export interface Snapshot {
   /** main.ts of the copy (or the original with `copy: false`). */
   main: string;
-  /** `git describe`-like text: commit, and whether main.ts or lib/ had uncommitted changes. */
+  /** `git describe`-like text: commit, and whether main.ts, cli/ or lib/ had uncommitted changes. */
   version: string;
   close(): Promise<void>;
 }
 
 /**
- * Copies `main` and the `lib/` beside it into a temp dir, so edits made to the checkout while a
- * long benchmark runs cannot mix versions in one report (main.ts and lib/ import nothing else).
+ * Copies `main` and the `lib/` and `cli/` beside it into a temp dir, so edits made to the
+ * checkout while a long benchmark runs cannot mix versions in one report (main.ts, cli/ and lib/
+ * import nothing else).
  * With `copy: false` the original is used in place.
  */
 export async function snapshotImgpull(main: string, copy = true): Promise<Snapshot> {
@@ -318,18 +319,21 @@ export async function snapshotImgpull(main: string, copy = true): Promise<Snapsh
     }
   };
   const commit = await git(["rev-parse", "--short", "HEAD"]);
-  const dirty = await git(["status", "--porcelain", "--", "main.ts", "lib"]);
+  const dirty = await git(["status", "--porcelain", "--", "main.ts", "lib", "cli"]);
   const version = commit
-    ? `${commit}${dirty ? " + uncommitted changes in main.ts/lib" : ""}`
+    ? `${commit}${dirty ? " + uncommitted changes in main.ts/cli/lib" : ""}`
     : "not a git checkout";
   if (!copy) return { main, version, close: () => Promise.resolve() };
   const dir = await Deno.makeTempDir({ prefix: "imgpull-bench-snapshot-" });
   const name = main.slice(main.lastIndexOf("/") + 1);
   await Deno.copyFile(main, join(dir, name));
-  const cp = await new Deno.Command("cp", { args: ["-r", join(root, "lib"), join(dir, "lib")] })
-    .output();
-  if (!cp.success) {
-    throw new Error(`copying ${root}/lib failed: ${new TextDecoder().decode(cp.stderr)}`);
+  for (const sub of ["lib", "cli"]) {
+    if (!(await Deno.stat(join(root, sub)).then(() => true, () => false))) continue;
+    const cp = await new Deno.Command("cp", { args: ["-r", join(root, sub), join(dir, sub)] })
+      .output();
+    if (!cp.success) {
+      throw new Error(`copying ${root}/${sub} failed: ${new TextDecoder().decode(cp.stderr)}`);
+    }
   }
   return {
     main: join(dir, name),
