@@ -7,13 +7,19 @@
  *
  * One test per row group, one step per row, sub-steps cold/warm. The services are shared by all
  * groups, so these tests run without the op/resource sanitizers; the last test stops them, and an
- * `unload` handler does it synchronously when a filter left that test out.
+ * `unload` handler does it synchronously when a filter left that test out. The proxy rows'
+ * services (two tinyproxies, a TLS registry on the same storage) live only as long as their group.
  *
  * Env: CORPUS_CONCURRENCY (rows at once, default 3), CORPUS_ROWS (regex on row ids),
  * CORPUS_VERBOSE (print imgpull's stderr and RepoTags per pull), CORPUS_MAIN (another main.ts).
  */
 import assert from "node:assert/strict";
-import { type CorpusServices, startCorpusServices } from "../helpers/corpus/services.ts";
+import {
+  type CorpusProxies,
+  type CorpusServices,
+  startCorpusProxies,
+  startCorpusServices,
+} from "../helpers/corpus/services.ts";
 import { encodeLayer, filter, sha256 } from "../helpers/corpus/compress.ts";
 import { diffListings, flattenLayers, type TarInput, writeTar } from "../helpers/corpus/tar.ts";
 import { GROUPS, ROWS } from "../helpers/corpus/rows.ts";
@@ -104,29 +110,53 @@ for (const group of GROUPS) {
     async fn(t) {
       const s = await shared();
       const busybox = await Deno.readFile("/bin/busybox");
-      const pending = pool(CONCURRENCY, groupRows.map((row) => () => runRow(s, row, busybox)));
-      for (const [i, row] of groupRows.entries()) {
-        await t.step({
-          name: `${row.id}: ${row.title}`,
-          ...noSanitizers,
-          async fn(t) {
-            const result = await pending[i];
-            results.push(result);
-            for (const phase of ["cold", "warm"] as const) {
-              await t.step({
-                name: phase,
-                ...noSanitizers,
-                fn() {
-                  const failure = phaseFailure(result[phase], result.setup);
-                  if (failure) throw new Error(`${row.id} (${phase}):\n${failure}`);
-                },
-              });
-            }
-          },
-        });
+      // Only this group's rows use the proxies: they start with it and stop when it ends. A
+      // failure to start fails those rows (at setup), not the group's other rows.
+      let proxies: Promise<CorpusProxies> | undefined;
+      if (groupRows.some((r) => r.needs === "proxies")) {
+        proxies = startCorpusProxies(s);
+        proxies.catch(() => {});
+      }
+      const pending = pool(
+        CONCURRENCY,
+        groupRows.map((row) => () => runRow(s, row, busybox, proxies)),
+      );
+      try {
+        await stepsOf(t, groupRows, pending);
+      } finally {
+        await Promise.allSettled(pending);
+        await proxies?.then((p) => p.close(), () => {});
       }
     },
   });
+}
+
+/** One step per row, sub-steps cold and warm. */
+async function stepsOf(
+  t: Deno.TestContext,
+  groupRows: typeof ROWS,
+  pending: Promise<RowResult>[],
+): Promise<void> {
+  for (const [i, row] of groupRows.entries()) {
+    await t.step({
+      name: `${row.id}: ${row.title}`,
+      ...noSanitizers,
+      async fn(t) {
+        const result = await pending[i];
+        results.push(result);
+        for (const phase of ["cold", "warm"] as const) {
+          await t.step({
+            name: phase,
+            ...noSanitizers,
+            fn() {
+              const failure = phaseFailure(result[phase], result.setup);
+              if (failure) throw new Error(`${row.id} (${phase}):\n${failure}`);
+            },
+          });
+        }
+      },
+    });
+  }
 }
 
 Deno.test({

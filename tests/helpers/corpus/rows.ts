@@ -24,6 +24,8 @@ import {
   simpleImage,
 } from "./images.ts";
 import type { TarInput } from "./tar.ts";
+import type { CorpusProxies } from "./services.ts";
+import type { Tinyproxy } from "../tinyproxy.ts";
 
 /** Row groups: one Deno test each. */
 export const GROUPS = ["compression", "manifests", "platforms", "registries", "artifacts"] as const;
@@ -37,7 +39,26 @@ export interface Prepared {
   skopeo?: string;
   /** Expected first RepoTag of the archive; undefined when the spec does not fix it. */
   repoTag?: string;
+  /** More CLI arguments, known only once the row's services run (e.g. `--ca-cert PATH`). */
+  args?: string[];
+  /** More environment for imgpull, known only once the row's services run. */
+  env?: Record<string, string>;
+  /** Watches each pull from outside (e.g. a proxy's log). */
+  probe?: Probe;
 }
+
+/** What a pull printed. */
+export interface PullOutput {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Watches one pull from outside: called right before it; the function it returns is called
+ * right after and resolves to the problems it saw (none: all is well).
+ */
+export type Probe = (phase: "cold" | "warm") => (output: PullOutput) => Promise<string[]>;
 
 /** Hosts under which the shared registry answers. */
 export interface RowContext extends BuildContext {
@@ -51,6 +72,8 @@ export interface RowContext extends BuildContext {
   repo: string;
   /** `imgpull-corpus <row id>`: what the image's `/marker` holds. */
   marker: string;
+  /** The proxies and the TLS registry behind them (rows with `needs: "proxies"` only). */
+  proxies?: CorpusProxies;
 }
 
 /** What must happen when the row is pulled (cold and warm alike). */
@@ -77,6 +100,8 @@ export interface Row {
   args?: string[];
   /** Extra environment for imgpull. */
   env?: Record<string, string>;
+  /** Services beyond the shared ones that the row's group must start. */
+  needs?: "proxies";
   expect: Expectation;
 }
 
@@ -103,6 +128,77 @@ function tagged(c: RowContext, digest: string, tag = "v1"): Prepared {
     ref: `${c.host}/${c.repo}:${tag}`,
     skopeo: `${c.host}/${c.repo}@${digest}`,
     repoTag: `${c.host}/${c.repo}:${tag}`,
+  };
+}
+
+/** The row's proxies; a row that needs them and did not get them is a harness bug. */
+function proxiesOf(c: RowContext): CorpusProxies {
+  if (!c.proxies) throw new Error(`${c.repo}: the proxies were not started for this row`);
+  return c.proxies;
+}
+
+/**
+ * Every proxy variable, upper and lower case, set explicitly: a NO_PROXY or ALL_PROXY inherited
+ * from the test's environment must not let the pull bypass `proxy`.
+ */
+function proxyEnv(proxy: string): Record<string, string> {
+  return {
+    HTTP_PROXY: proxy,
+    http_proxy: proxy,
+    HTTPS_PROXY: proxy,
+    https_proxy: proxy,
+    ALL_PROXY: "",
+    all_proxy: "",
+    NO_PROXY: "",
+    no_proxy: "",
+  };
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** Lines of `text` matching `re`, counted. */
+function count(text: string[], re: RegExp): number {
+  return text.filter((line) => re.test(line)).length;
+}
+
+/**
+ * A probe that passes when, during the pull, every `expected` pattern matched a new request line
+ * of `proxy` (and of `registryLog`, for `registryExpected`), and none of `secrets` was printed.
+ * Log lines arrive through pipes, so the probe waits up to 2 s for them.
+ */
+function throughProxy(opts: {
+  proxy: Tinyproxy;
+  expected: (phase: "cold" | "warm") => RegExp[];
+  registryLog?: () => string;
+  registryExpected?: RegExp[];
+  secrets: string[];
+}): Probe {
+  const registryLines = () => opts.registryLog?.().split("\n") ?? [];
+  return (phase) => {
+    const expected = opts.expected(phase);
+    const registryExpected = opts.registryExpected ?? [];
+    const proxyBefore = expected.map((re) => count(opts.proxy.requests(), re));
+    const registryBefore = registryExpected.map((re) => count(registryLines(), re));
+    return async (out) => {
+      const missing = () => [
+        ...expected.filter((re, i) => count(opts.proxy.requests(), re) <= proxyBefore[i])
+          .map((re) => `the proxy's log has no new request ${re}`),
+        ...registryExpected.filter((re, i) => count(registryLines(), re) <= registryBefore[i])
+          .map((re) => `the registry's log has no new request ${re}`),
+      ];
+      const deadline = Date.now() + 2_000;
+      while (missing().length > 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const problems = missing();
+      const printed = `${out.stdout}\n${out.stderr}`;
+      if (opts.secrets.some((secret) => printed.includes(secret))) {
+        problems.push("a password (or its Basic token) was printed");
+      }
+      return problems;
+    };
   };
 }
 
@@ -444,6 +540,58 @@ export const ROWS: Row[] = [
         ref: `${c.localhost}/${c.repo}:v1`,
         skopeo: `${c.host}/${c.repo}@${img.digest}`,
         repoTag: `${c.localhost}/${c.repo}:v1`,
+      };
+    },
+  },
+
+  {
+    id: "http-proxy",
+    group: "registries",
+    title: "plain-HTTP registry through tinyproxy (HTTP_PROXY, absolute-URI requests)",
+    needs: "proxies",
+    expect: AMD64_RUN,
+    build: async (c) => {
+      const p = proxiesOf(c);
+      const img = await simpleImage(c, c.repo, { marker: c.marker, tag: "v1" });
+      const v2 = `http://${escapeRegExp(c.host)}/v2/${c.repo}`;
+      const manifest = new RegExp(`^(GET|HEAD) ${v2}/manifests/`);
+      const blob = new RegExp(`^GET ${v2}/blobs/sha256:`);
+      return {
+        ...tagged(c, img.digest),
+        env: proxyEnv(p.open.url),
+        // Warm, the layers come from the cache: only the manifest is asked for.
+        probe: throughProxy({
+          proxy: p.open,
+          expected: (phase) => phase === "cold" ? [manifest, blob] : [manifest],
+          secrets: p.secrets,
+        }),
+      };
+    },
+  },
+  {
+    id: "connect-proxy-auth",
+    group: "registries",
+    title: "TLS registry (Basic auth) through a CONNECT proxy with Basic auth (HTTPS_PROXY)",
+    needs: "proxies",
+    expect: AMD64_RUN,
+    build: async (c) => {
+      const p = proxiesOf(c);
+      const img = await simpleImage(c, c.repo, { marker: c.marker, tag: "v1" });
+      return {
+        ref: `${p.tls.host}/${c.repo}:v1`,
+        skopeo: `${c.host}/${c.repo}@${img.digest}`,
+        repoTag: `${p.tls.host}/${c.repo}:v1`,
+        args: ["--ca-cert", p.caCertPath],
+        // Registry credentials from a docker config, the proxy's in its URL: neither may be
+        // sent to the other, and neither may be printed.
+        env: { ...proxyEnv(p.guarded.urlWithCredentials), DOCKER_CONFIG: p.dockerConfig },
+        probe: throughProxy({
+          proxy: p.guarded,
+          expected: () => [new RegExp(`^CONNECT ${escapeRegExp(p.tls.host)} `)],
+          registryLog: p.tls.log,
+          registryExpected: [new RegExp(`"(GET|HEAD) /v2/${c.repo}/manifests/[^ ]+ HTTP`)],
+          secrets: [...p.secrets, p.guarded.urlWithCredentials],
+        }),
       };
     },
   },

@@ -18,8 +18,8 @@ import {
   readArchive,
   skopeoReference,
 } from "./loaders.ts";
-import type { Row, RowContext } from "./rows.ts";
-import type { CorpusServices } from "./services.ts";
+import type { Prepared, Row, RowContext } from "./rows.ts";
+import type { CorpusProxies, CorpusServices } from "./services.ts";
 import type { FsListing } from "./tar.ts";
 
 /**
@@ -131,7 +131,7 @@ async function checkPull(
 async function runPhase(
   services: CorpusServices,
   row: Row,
-  prepared: { ref: string; repoTag?: string },
+  prepared: Prepared,
   phase: "cold" | "warm",
   rowDir: string,
   reference: FsListing | undefined,
@@ -140,15 +140,18 @@ async function runPhase(
   const started = performance.now();
   const cwd = join(rowDir, phase);
   await Deno.mkdir(cwd);
+  const probed = prepared.probe?.(phase);
   const result = await pullCli([
     prepared.ref,
     "--cache-dir",
     join(rowDir, "cache"),
     ...(row.args ?? []),
+    ...(prepared.args ?? []),
   ], {
     cwd,
-    env: { HOME: services.home, ...row.env },
+    env: { HOME: services.home, ...row.env, ...prepared.env },
   });
+  const probeProblems = await probed?.(result).catch((e) => [`probe: ${message(e)}`]) ?? [];
   const { check, archive } = await checkPull(row, prepared.repoTag, cwd, result);
   const loaders: Partial<Record<LoaderName, Check>> = {};
   const due = row.expect.exit === 0 ? row.expect.loaders ?? [...LOADERS] : [];
@@ -178,8 +181,10 @@ async function runPhase(
   const repoTags = archive
     ? await readArchive(archive).then((i) => i.repoTags, () => undefined)
     : undefined;
+  // The loaders judge the archive either way; what the probe saw fails the pull.
+  const problems = [...(check.ok ? [] : [check.error]), ...probeProblems];
   return {
-    pull: check,
+    pull: problems.length === 0 ? check : { ok: false, error: problems.join("; ") },
     loaders,
     seconds: (performance.now() - started) / 1000,
     stderr: result.stderr,
@@ -187,11 +192,16 @@ async function runPhase(
   };
 }
 
-/** Builds, pushes, takes the reference, then pulls cold and warm. Never throws. */
+/**
+ * Builds, pushes, takes the reference, then pulls cold and warm. Never throws. `proxies` must be
+ * given for rows that need them (their group starts them); when it rejects, those rows fail at
+ * setup with its error.
+ */
 export async function runRow(
   services: CorpusServices,
   row: Row,
   busybox: Uint8Array,
+  proxies?: Promise<CorpusProxies>,
 ): Promise<RowResult> {
   const started = performance.now();
   const rowDir = join(services.root, "rows", row.id);
@@ -208,6 +218,10 @@ export async function runRow(
   let prepared;
   let reference: FsListing | undefined;
   try {
+    if (row.needs === "proxies") {
+      if (!proxies) throw new Error("the row needs the proxies, and its group did not start them");
+      ctx.proxies = await proxies;
+    }
     await Deno.mkdir(rowDir, { recursive: true });
     prepared = await row.build(ctx);
     if (row.expect.exit === 0) {

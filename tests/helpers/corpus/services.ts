@@ -7,12 +7,18 @@
  * Tests in several `Deno.test`s share these, so besides the async {@link CorpusServices.close} a
  * synchronous {@link CorpusServices.closeSync} exists for the `unload` event, which is all that
  * runs when a test filter left out the closing test.
+ *
+ * The proxy rows need more ({@link startCorpusProxies}): two tinyproxies and a TLS registry over
+ * the same storage. Only their group uses them, so that group starts and stops them itself.
  * @module
  */
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { BackgroundProcess, type CommandResult, run, sleep, tail } from "../process.ts";
 import { type Dockerd, startDockerd } from "../dockerd.ts";
+import { type RunningRegistry, startRegistry } from "../registry.ts";
+import { startTinyproxy, type Tinyproxy } from "../tinyproxy.ts";
+import { generateTestPki } from "../tls.ts";
 
 /** A Distribution process of the corpus. */
 export interface CorpusRegistry {
@@ -180,6 +186,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 /** Everything the corpus rows share. */
 export interface CorpusServices {
   root: string;
+  /** The registries' storage (every registry of the corpus serves the same repositories). */
+  storage: string;
   /** HOME for imgpull (no docker config: no host credentials). */
   home: string;
   registry: CorpusRegistry;
@@ -250,6 +258,7 @@ export async function startCorpusServices(): Promise<CorpusServices> {
     await Deno.mkdir(home);
     return {
       root,
+      storage,
       home,
       registry,
       registry6,
@@ -261,6 +270,77 @@ export async function startCorpusServices(): Promise<CorpusServices> {
   } catch (e) {
     // dockerd may still be starting: let it finish either way before tearing down.
     await dockerdPromise.catch(() => {});
+    await close();
+    throw e;
+  }
+}
+
+/** The proxies of the `registries` rows, and the TLS registry behind the CONNECT one. */
+export interface CorpusProxies {
+  /** tinyproxy without authentication: plain-HTTP registries are fetched with absolute URIs. */
+  open: Tinyproxy;
+  /** tinyproxy that requires Basic auth; its `urlWithCredentials` carries them. */
+  guarded: Tinyproxy;
+  /** Distribution over TLS with htpasswd Basic auth, on the corpus storage. */
+  tls: RunningRegistry;
+  /** `--ca-cert` for {@link tls}. */
+  caCertPath: string;
+  /** A `DOCKER_CONFIG` directory whose config.json holds the credentials for {@link tls}. */
+  dockerConfig: string;
+  /** Passwords (plain, and as Basic tokens) that imgpull must never print. */
+  secrets: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * Starts an open tinyproxy, a tinyproxy with Basic auth, and a TLS + Basic Distribution on the
+ * corpus storage (so images pushed to the plain registry are there too), with a throw-away CA
+ * and a docker config for its credentials. Throws (after stopping what started) when one fails.
+ */
+export async function startCorpusProxies(services: CorpusServices): Promise<CorpusProxies> {
+  const dir = join(services.root, "proxies");
+  const proxyAuth = { user: "corpus-proxy", password: `proxy-${randomBytes(9).toString("hex")}` };
+  const registryAuth = { user: "corpus", password: `registry-${randomBytes(9).toString("hex")}` };
+  const openProxy = startTinyproxy();
+  const guardedProxy = startTinyproxy({ basicAuth: proxyAuth });
+  const pki = generateTestPki(join(dir, "pki"));
+  const tlsRegistry = pki.then((pki) =>
+    startRegistry({
+      mode: "basic",
+      storageDir: services.storage,
+      pki,
+      users: { [registryAuth.user]: registryAuth.password },
+    })
+  );
+  const settled = await Promise.allSettled([openProxy, guardedProxy, tlsRegistry]);
+  const closers = settled.flatMap((s) => s.status === "fulfilled" ? [s.value.close] : []);
+  const close = async () => {
+    for (const stop of closers) await stop().catch((e) => console.error("cleanup:", e));
+  };
+  const failed = settled.find((s) => s.status === "rejected");
+  if (failed) {
+    await close();
+    throw failed.reason;
+  }
+  try {
+    const tls = await tlsRegistry;
+    const dockerConfig = join(dir, "docker");
+    await Deno.mkdir(dockerConfig, { recursive: true });
+    const basic = (a: { user: string; password: string }) => btoa(`${a.user}:${a.password}`);
+    await Deno.writeTextFile(
+      join(dockerConfig, "config.json"),
+      JSON.stringify({ auths: { [tls.host]: { auth: basic(registryAuth) } } }),
+    );
+    return {
+      open: await openProxy,
+      guarded: await guardedProxy,
+      tls,
+      caCertPath: (await pki).caCertPath,
+      dockerConfig,
+      secrets: [proxyAuth.password, basic(proxyAuth), registryAuth.password, basic(registryAuth)],
+      close,
+    };
+  } catch (e) {
     await close();
     throw e;
   }
