@@ -6,13 +6,24 @@
  * round trips after the process starts: the token and the tag).
  *
  * ```sh
- * deno run -A bench/warm.ts [IMAGE] [--runs 3] [--main PATH/TO/main.ts]
+ * deno run -A bench/warm.ts [IMAGE] [--runs 3] [--main PATH/TO/main.ts] [--timeline]
  * ```
+ *
+ * `--timeline` adds one more warm pull with `--verbose` and prints its debug lines with the
+ * milliseconds since the process was spawned: where a warm pull's time goes.
  * @module
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_MAIN, median, probeImgpull, runImgpull, snapshotImgpull } from "./common.ts";
+import {
+  DEFAULT_MAIN,
+  imgpullCommand,
+  imgpullEnv,
+  median,
+  probeImgpull,
+  runImgpull,
+  snapshotImgpull,
+} from "./common.ts";
 import { DEFAULT_WAN, startBenchEnv } from "./env.ts";
 import type { ImageName } from "./images.ts";
 
@@ -23,6 +34,7 @@ const { values, positionals } = parseArgs({
     runs: { type: "string", default: "3" },
     "cache-dir": { type: "string" },
     main: { type: "string", default: DEFAULT_MAIN },
+    timeline: { type: "boolean" },
   },
 });
 const name = (positionals[0] ?? "nginx-like") as ImageName;
@@ -108,6 +120,53 @@ try {
     }
   }
   const ratio = median(warm) / median(cold);
+  let timeline = "";
+  if (values.timeline) {
+    const home = join(work, "home-timeline");
+    await Deno.mkdir(home);
+    const [cmd, base] = imgpullCommand(snapshot.main);
+    const child = new Deno.Command(cmd, {
+      args: [
+        ...base,
+        `${env.host}/${image.reference}`,
+        "-o",
+        join(work, "out-timeline.tar"),
+        "--verbose",
+        "--platform",
+        image.platform,
+        "--ca-cert",
+        env.caCertPath,
+        "--username",
+        env.user,
+        "--password-stdin",
+        "--cache-dir",
+        join(work, "cache-0"),
+      ],
+      env: imgpullEnv(home, denoDir),
+      stdin: "piped",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const started = performance.now();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(`${env.password}\n`));
+    await writer.close();
+    const lines: string[] = [];
+    let rest = "";
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      const at = performance.now() - started;
+      const parts = (rest + chunk).split("\n");
+      rest = parts.pop()!;
+      for (const line of parts) {
+        if (line.trim()) lines.push(`${at.toFixed(0).padStart(5)} ms  ${line}`);
+      }
+    }
+    await child.status;
+    lines.push(`${(performance.now() - started).toFixed(0).padStart(5)} ms  (exit)`);
+    timeline =
+      `\nOne warm pull with \`--verbose\`, each line stamped when it reached the harness:\n\n` +
+      "```\n" + lines.join("\n") + "\n```\n";
+  }
   console.log(
     `### Warm re-pull: \`${image.reference}\` on the emulated WAN — ${new Date().toISOString()}
 
@@ -128,7 +187,7 @@ imgpull at ${snapshot.version}; ${runs} runs; each: a cold pull into an empty \`
     } token connection(s) (goal ≤ 2): ${
       median(warmRequests) + Math.min(1, median(warmTokens)) <= 2 ? "met" : "**not met**"
     }
-`,
+${timeline}`,
   );
   http.close();
 } finally {
