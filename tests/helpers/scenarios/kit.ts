@@ -194,3 +194,18 @@ export function rangeStart(request: FaultRequest | undefined): number | undefine
   const m = request?.range?.match(/^bytes=(\d+)-/);
   return m ? Number(m[1]) : undefined;
 }
+
+/** The same bytes with one byte flipped in the middle. */
+export function corrupt(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  const bad = bytes.slice();
+  bad[bad.length >> 1] ^= 0xff;
+  return bad;
+}
+
+/** A registry's 404 for an unknown `what` (MANIFEST, BLOB): `{what}_UNKNOWN`. */
+export function notFound(what: string): Response {
+  return Response.json(
+    { errors: [{ code: `${what}_UNKNOWN`, message: `${what.toLowerCase()} unknown` }] },
+    { status: 404 },
+  );
+}

@@ -17,7 +17,7 @@ import {
   type TestImage,
 } from "../hostile_image.ts";
 import type { Scenario } from "../hostile_runner.ts";
-import { expect, fault } from "./kit.ts";
+import { corrupt, expect, fault } from "./kit.ts";
 
 /** Report rows / tests of this module. */
 export const CLASSES: { id: string; title: string }[] = [
@@ -104,13 +104,6 @@ const escapes: Scenario[] = attackLayers().flatMap((attack) => {
     }))
   );
 });
-
-/** The same bytes with one byte flipped in the middle. */
-function corrupt(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
-  const bad = bytes.slice();
-  bad[bad.length >> 1] ^= 0xff;
-  return bad;
-}
 
 /**
  * A layer whose bytes do not match its digest, for each new format: exit 5 and nothing at the
