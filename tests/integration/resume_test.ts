@@ -15,6 +15,34 @@ const DENO_DIR = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/den
 const BLOB = 64 * MiB;
 const CHUNK = 64 * 1024;
 
+/**
+ * The same linux/amd64 pull of REF into OUT/img.tar, run as often as asked: a process of its own
+ * (so it can be killed), HOME at `home`, ARGS added.
+ */
+function pullCommand(ref: string, home: string, out: string, args: string[]): () => Deno.Command {
+  return () =>
+    new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--quiet",
+        "--no-config",
+        ...PERMISSIONS,
+        MAIN,
+        ref,
+        "--platform",
+        "linux/amd64",
+        ...args,
+        "-o",
+        join(out, "img.tar"),
+      ],
+      cwd: out,
+      env: { NO_COLOR: "1", DENO_DIR, HOME: home },
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    });
+}
+
 /** Serves the big blob's requested range in 64 KiB chunks, `delayMs` apart, counting them. */
 function throttled(
   bytes: Uint8Array,
@@ -64,31 +92,12 @@ async function resumeAfter(signal: "SIGKILL" | "SIGINT"): Promise<void> {
   const dir = await Deno.makeTempDir();
   const out = join(dir, "out");
   await Deno.mkdir(out);
-  const args = [
-    "run",
-    "--quiet",
-    "--no-config",
-    ...PERMISSIONS,
-    MAIN,
-    `${registry.host}/${image.repository}:${image.tag}`,
-    "--platform",
-    "linux/amd64",
+  const command = pullCommand(`${registry.host}/${image.repository}:${image.tag}`, dir, out, [
     "--cache-dir",
     join(dir, "cache"),
     "--segment-size",
     "1",
-    "-o",
-    join(out, "img.tar"),
-  ];
-  const command = () =>
-    new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: out,
-      env: { NO_COLOR: "1", DENO_DIR, HOME: dir },
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    });
+  ]);
   try {
     const first = command().spawn();
     const firstOutput = first.output();
@@ -155,28 +164,9 @@ Deno.test("crash: the next pull to a destination removes a killed pull's tempora
     },
   });
   const dir = await Deno.makeTempDir();
-  const args = [
-    "run",
-    "--quiet",
-    "--no-config",
-    ...PERMISSIONS,
-    MAIN,
-    `${registry.host}/${image.repository}:${image.tag}`,
-    "--platform",
-    "linux/amd64",
+  const command = pullCommand(`${registry.host}/${image.repository}:${image.tag}`, dir, dir, [
     "--no-cache",
-    "-o",
-    join(dir, "img.tar"),
-  ];
-  const command = () =>
-    new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: dir,
-      env: { NO_COLOR: "1", DENO_DIR, HOME: dir },
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    });
+  ]);
   try {
     const first = command().spawn();
     const firstOutput = first.output();
