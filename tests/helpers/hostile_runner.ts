@@ -175,11 +175,14 @@ export async function spawnImgpull(
     stdin?: string;
     interrupt?: Prepared["interrupt"];
     timeoutMs?: number;
+    /** Deno permissions instead of the documented ones. */
+    permissions?: readonly string[];
   },
 ): Promise<PullOutcome & { timedOut: boolean; interruptMissed: boolean }> {
   const started = performance.now();
+  const permissions = options.permissions ?? PERMISSIONS;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", "--no-config", ...PERMISSIONS, MAIN, ...args],
+    args: ["run", "--quiet", "--no-config", ...permissions, MAIN, ...args],
     cwd: options.cwd,
     env: { NO_COLOR: "1", DENO_DIR, ...options.env },
     clearEnv: true,

@@ -18,9 +18,7 @@ import { pushBlob, pushManifest } from "../helpers/push.ts";
 import { type RunningRegistry, startRegistry } from "../helpers/registry.ts";
 import { startTinyproxy, type Tinyproxy } from "../helpers/tinyproxy.ts";
 import { generateTestPki, type TestPki } from "../helpers/tls.ts";
-
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
-const DENO_DIR = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`;
+import { spawnImgpull } from "../helpers/hostile_runner.ts";
 
 /** The documented permissions (they include the proxy variables, so errors can name them). */
 const PROXY_PERMISSIONS: string[] = [...PERMISSIONS];
@@ -51,35 +49,22 @@ async function imgpull(
   env: Record<string, string>,
   options: { permissions?: string[]; stdin?: string; home: string },
 ): Promise<Outcome> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      "--no-config",
-      ...(options.permissions ?? PROXY_PERMISSIONS),
-      MAIN,
-      ...args,
-    ],
-    env: { NO_COLOR: "1", DENO_DIR, HOME: options.home, ...env },
-    clearEnv: true,
-    stdin: options.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (options.stdin !== undefined) {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(options.stdin));
-    await writer.close();
-  }
-  const result = await child.output();
-  const stderr = new TextDecoder().decode(result.stderr);
+  const { code, stdout, stderr } = await spawnImgpull(args, {
+    cwd: options.home,
+    env: { HOME: options.home, ...env },
+    stdin: options.stdin,
+    permissions: options.permissions ?? PROXY_PERMISSIONS,
+  });
   return {
-    code: result.code,
-    stdout: new TextDecoder().decode(result.stdout),
+    code,
+    stdout,
     stderr,
     errors: stderr.split("\n").filter((l) => l.startsWith("[-] ") && !l.startsWith("[-] Hint:")),
   };
 }
+
+/** One attempt, no cache: every pull goes through the proxy and fails at once. */
+const ONCE = ["--platform", "linux/amd64", "--no-cache", "--retries", "0"];
 
 async function pushImage(registry: RunningRegistry, image: TestImage): Promise<void> {
   for (const bytes of image.blobs.values()) {
@@ -125,11 +110,7 @@ Deno.test("proxy: pulls through tinyproxy; 407, refused tunnels and dead proxies
       imgpull(
         [
           `${http.host}/proxied/app:v1`,
-          "--platform",
-          "linux/amd64",
-          "--no-cache",
-          "--retries",
-          "0",
+          ...ONCE,
           "-o",
           join(root, `http-${n++}.tar`),
         ],
@@ -140,11 +121,7 @@ Deno.test("proxy: pulls through tinyproxy; 407, refused tunnels and dead proxies
       imgpull(
         [
           `${basic.host}/proxied/app:v1`,
-          "--platform",
-          "linux/amd64",
-          "--no-cache",
-          "--retries",
-          "0",
+          ...ONCE,
           "--ca-cert",
           pki.caCertPath,
           "--username",
@@ -236,11 +213,7 @@ Deno.test("proxy: pulls through tinyproxy; 407, refused tunnels and dead proxies
       const outcome = await imgpull(
         [
           `127.0.0.1:${closedPort}/proxied/app:v1`,
-          "--platform",
-          "linux/amd64",
-          "--no-cache",
-          "--retries",
-          "0",
+          ...ONCE,
           "-o",
           join(root, "refused.tar"),
         ],
