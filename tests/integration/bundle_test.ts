@@ -21,6 +21,25 @@ import { userAgent, VERSION, versionText } from "../../lib/version.ts";
 /** Deno's own cache, kept when a test points HOME elsewhere (as tests/helpers/cli.ts does). */
 const DENO_DIR = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`;
 
+/** `scripts/compile.ts --out-dir OUT --bundle BUNDLE ARGS`, with `env` (and NO_COLOR) only. */
+function compile(
+  outDir: string,
+  bundlePath: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<CommandResult> {
+  return run(Deno.execPath(), [
+    "run",
+    "-A",
+    join(ROOT, "scripts", "compile.ts"),
+    "--out-dir",
+    outDir,
+    "--bundle",
+    bundlePath,
+    ...args,
+  ], { env: { NO_COLOR: "1", ...env } });
+}
+
 /** Runs the bundle exactly as the README's `deno run` line runs it. */
 function runBundle(bundlePath: string, args: string[], cwd?: string): Promise<CommandResult> {
   return run(Deno.execPath(), [
@@ -155,15 +174,10 @@ Deno.test("bundle: dist/imgpull.js behaves as main.ts; compile embeds it", async
       await Deno.mkdir(outDir);
       await Deno.copyFile(bundlePath, join(outDir, "imgpull.js"));
       const deno = Deno.execPath();
-      const result = await run(Deno.execPath(), [
-        "run",
-        "-A",
-        join(ROOT, "scripts", "compile.ts"),
-        "--out-dir",
-        outDir,
-        "--bundle",
-        join(outDir, "imgpull.js"),
-      ], { env: { DENORT_BIN: deno, NO_COLOR: "1", DENO_DIR } });
+      const result = await compile(outDir, join(outDir, "imgpull.js"), [], {
+        DENORT_BIN: deno,
+        DENO_DIR,
+      });
       assert.equal(result.code, 0, result.stderr);
       const name = binaryName(Deno.build.target);
       assert.equal(name, `imgpull-${VERSION}-${Deno.build.target}`);
@@ -194,17 +208,10 @@ Deno.test("bundle: dist/imgpull.js behaves as main.ts; compile embeds it", async
       // once, on any machine, without touching the network.
       const proxy = `http://127.0.0.1:${await freePort()}`;
       const target = "x86_64-apple-darwin";
-      const result = await run(Deno.execPath(), [
-        "run",
-        "-A",
-        join(ROOT, "scripts", "compile.ts"),
-        "--out-dir",
-        outDir,
-        "--bundle",
-        bundlePath,
-        "--target",
-        target,
-      ], { env: { HTTPS_PROXY: proxy, DENO_DIR: denoDir, NO_COLOR: "1" } });
+      const result = await compile(outDir, bundlePath, ["--target", target], {
+        HTTPS_PROXY: proxy,
+        DENO_DIR: denoDir,
+      });
       assert.equal(result.code, 1, result.stderr);
       assert.equal(result.stdout, "");
       const lines = result.stderr.trimEnd().split("\n");
