@@ -193,6 +193,26 @@ async function scene(s: Services, registriesConf = ""): Promise<Scene> {
 }
 
 /**
+ * A registries.conf of one `[[registry]]`: PREFIX pulled from LOCATION after MIRRORS, in order;
+ * `settings` are more `key = value` lines of the entry.
+ */
+function registryConf(
+  prefix: string,
+  location: string,
+  mirrors: string[],
+  settings: string[] = [],
+): string {
+  return [
+    "[[registry]]",
+    `prefix = "${prefix}"`,
+    `location = "${location}"`,
+    ...settings,
+    ...mirrors.flatMap((m) => ["[[registry.mirror]]", `location = "${m}"`]),
+    "",
+  ].join("\n");
+}
+
+/**
  * `imgpull ARGS -o OUT --no-cache` in the scene (no cache: every blob comes from the network);
  * OUT is `sc.out`, which a previous pull in the scene is moved away from first.
  */
@@ -283,14 +303,10 @@ Deno.test("mirrors and registry configuration through the CLI", async (t) => {
     await t.step("3. registries.conf: dead and 404 mirrors, then the upstream", async () => {
       const sc = await scene(
         s,
-        `[[registry]]
-prefix = "corp.example/team"
-location = "${s.upstream.host}/team"
-[[registry.mirror]]
-location = "${s.dead}/team"
-[[registry.mirror]]
-location = "${s.empty.host}/team"
-`,
+        registryConf("corp.example/team", `${s.upstream.host}/team`, [
+          `${s.dead}/team`,
+          `${s.empty.host}/team`,
+        ]),
       );
       const r = await pullIn(sc, ["corp.example/team/app:1", "--verbose"]);
       assert.equal(r.code, 0, describe(r));
@@ -337,12 +353,7 @@ location = "${s.empty.host}/team"
     await t.step("4. a pull-through cache in front of a token-auth registry", async () => {
       const sc = await scene(
         s,
-        `[[registry]]
-prefix = "private.example/team"
-location = "${s.token.host}/team"
-[[registry.mirror]]
-location = "${s.cache.host}/team"
-`,
+        registryConf("private.example/team", `${s.token.host}/team`, [`${s.cache.host}/team`]),
       );
       const before = s.token.log().length;
       const tokensBefore = s.tokenServer.requests.length;
@@ -375,11 +386,7 @@ location = "${s.cache.host}/team"
     await t.step("5. blocked = true: exit 2 before any request", async () => {
       const sc = await scene(
         s,
-        `[[registry]]
-prefix = "${s.upstream.host}/team"
-location = "${s.upstream.host}/team"
-blocked = true
-`,
+        registryConf(`${s.upstream.host}/team`, `${s.upstream.host}/team`, [], ["blocked = true"]),
       );
       const before = s.upstream.requests.length;
       const r = await pullIn(sc, [`${s.upstream.host}/team/app:1`]);
@@ -537,12 +544,7 @@ blocked = true
     await t.step("9. auth.json credentials go to the mirror only", async () => {
       const sc = await scene(
         s,
-        `[[registry]]
-prefix = "auth.example/team"
-location = "${s.upstream.host}/team"
-[[registry.mirror]]
-location = "${s.basic.host}/team"
-`,
+        registryConf("auth.example/team", `${s.upstream.host}/team`, [`${s.basic.host}/team`]),
       );
       const basicAuth = Buffer.from(`${MIRROR_USER}:${MIRROR_PASSWORD}`).toString("base64");
       await Deno.writeTextFile(
@@ -618,13 +620,12 @@ location = "${s.basic.host}/team"
       async () => {
         const sc = await scene(
           s,
-          `[[registry]]
-prefix = "digest.example/team"
-location = "${s.upstream.host}/team"
-mirror-by-digest-only = true
-[[registry.mirror]]
-location = "${s.mirror.host}/team"
-`,
+          registryConf(
+            "digest.example/team",
+            `${s.upstream.host}/team`,
+            [`${s.mirror.host}/team`],
+            ["mirror-by-digest-only = true"],
+          ),
         );
         let upstreamBefore = s.upstream.requests.length;
         let mirrorBefore = s.mirror.requests.length;
