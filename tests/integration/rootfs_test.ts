@@ -12,13 +12,13 @@
  * target; the attack layers are refused (exit 8) and leave an empty output file.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { ExitCode, InvalidContentError } from "../../lib/errors.ts";
 import { type RootfsLayer, writeRootfs } from "../../lib/writers/rootfs.ts";
 import { imgpull } from "../helpers/cli.ts";
 import { type Dockerd, startDockerd } from "../helpers/dockerd.ts";
 import { MT } from "../helpers/fixtures.ts";
+import { describeTree, diffTrees, extractTar } from "../helpers/formats/fs.ts";
 import {
   attackLayers,
   buildTar,
@@ -27,14 +27,10 @@ import {
   type TarItem,
   zstd,
 } from "../helpers/layers.ts";
-import { runOk } from "../helpers/process.ts";
 import { pushBlob, pushManifest, sha256Digest } from "../helpers/push.ts";
 import { startRegistry } from "../helpers/registry.ts";
 
 const encoder = new TextEncoder();
-
-/** Paths the runtime adds to a container (or manages), never compared. */
-const RUNTIME = /^(\.dockerenv|dev|proc|sys|etc\/(hosts|hostname|resolv\.conf|mtab))(\/|$)/;
 
 interface Pushed {
   reference: string;
@@ -90,71 +86,6 @@ async function pushFeatureImage(registryUrl: string, repo: string): Promise<Push
   };
 }
 
-interface Facts {
-  type: string;
-  mode: string;
-  owner: string;
-  content?: string;
-  target?: string;
-  links?: string;
-  rdev?: number;
-  mtime?: number;
-}
-
-/** What an extracted tree holds, by path (runtime paths left out). */
-async function describe(root: string): Promise<Map<string, Facts>> {
-  const facts = new Map<string, Facts>();
-  const inodes = new Map<number, string[]>();
-  const walk = async (dir: string, rel: string): Promise<void> => {
-    for await (const entry of Deno.readDir(dir)) {
-      const path = rel ? `${rel}/${entry.name}` : entry.name;
-      if (RUNTIME.test(path)) continue;
-      const full = join(dir, entry.name);
-      const info = await Deno.lstat(full);
-      const type = info.isFile
-        ? "file"
-        : info.isDirectory
-        ? "dir"
-        : info.isSymlink
-        ? "symlink"
-        : info.isCharDevice
-        ? "char"
-        : info.isBlockDevice
-        ? "block"
-        : info.isFifo
-        ? "fifo"
-        : "other";
-      const f: Facts = {
-        type,
-        mode: (info.mode! & 0o7777).toString(8),
-        owner: `${info.uid}:${info.gid}`,
-      };
-      if (info.isFile) {
-        f.content = createHash("sha256").update(await Deno.readFile(full)).digest("hex");
-        f.mtime = Math.floor(info.mtime!.getTime() / 1000);
-        if (info.nlink! > 1) inodes.set(info.ino!, [...inodes.get(info.ino!) ?? [], path]);
-      }
-      if (info.isSymlink) {
-        f.target = await Deno.readLink(full);
-        delete (f as Partial<Facts>).mode;
-      }
-      if (info.isCharDevice || info.isBlockDevice) f.rdev = info.rdev!;
-      facts.set(path, f);
-      if (info.isDirectory) await walk(full, path);
-    }
-  };
-  await walk(root, "");
-  for (const paths of inodes.values()) {
-    for (const p of paths) facts.get(p)!.links = paths.sort().join(" ");
-  }
-  return facts;
-}
-
-async function extract(tarPath: string, dir: string): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
-  await runOk("tar", ["-x", "-p", "--numeric-owner", "-f", tarPath, "-C", dir]);
-}
-
 async function flattenToFile(layers: RootfsLayer[], out: string): Promise<unknown> {
   const file = await Deno.open(out, { write: true, createNew: true });
   try {
@@ -208,20 +139,15 @@ Deno.test("rootfs: flattened layers equal docker export of a container", async (
     const error = await flattenToFile(layers, ours);
     assert.ifError(error);
 
-    await extract(exported, join(root, "x-docker"));
-    await extract(ours, join(root, "x-ours"));
-    const expected = await describe(join(root, "x-docker"));
-    const actual = await describe(join(root, "x-ours"));
+    await extractTar(exported, join(root, "x-docker"));
+    await extractTar(ours, join(root, "x-ours"));
+    const expected = await describeTree(join(root, "x-docker"));
+    const actual = await describeTree(join(root, "x-ours"));
     assert.ok(
       expected.has("data/link-to-lower") && expected.has("devices/null"),
       "export incomplete",
     );
-    const differences: string[] = [];
-    for (const path of new Set([...expected.keys(), ...actual.keys()])) {
-      const a = JSON.stringify(actual.get(path));
-      const e = JSON.stringify(expected.get(path));
-      if (a !== e) differences.push(`${path}\n  docker: ${e}\n  ours:   ${a}`);
-    }
+    const differences = diffTrees(expected, actual);
     assert.deepEqual(differences, [], `\n${differences.join("\n")}`);
     assert.ok(actual.size > 40, `only ${actual.size} paths compared`);
   } finally {
@@ -258,9 +184,9 @@ Deno.test("rootfs: hostile layers — GNU tar extraction stays inside; attacks w
     const out = join(root, "tricky.tar");
     assert.ifError(await flattenToFile(tricky, out));
     const target = join(root, "target");
-    await extract(out, target);
+    await extractTar(out, target);
     assert.deepEqual([...Deno.readDirSync(outside)], [], "something landed outside");
-    const facts = await describe(target);
+    const facts = await describeTree(target);
     assert.deepEqual([...facts.keys()].sort(), ["abs", "abs/file", "hl", "out", "up", "victim"]);
     assert.equal(facts.get("victim")!.type, "file");
     assert.equal(facts.get("out")!.target, outside);

@@ -93,17 +93,3 @@ export function diffTrees(
   }
   return out;
 }
-
-/** Every path under `dir` (files, dirs, links), relative; [] when `dir` is empty. */
-export async function everythingUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (abs: string, rel: string): Promise<void> => {
-    for await (const e of Deno.readDir(abs)) {
-      const path = rel ? `${rel}/${e.name}` : e.name;
-      out.push(path);
-      if (e.isDirectory) await walk(join(abs, e.name), path);
-    }
-  };
-  await walk(dir, "");
-  return out.sort();
-}
