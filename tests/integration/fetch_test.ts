@@ -13,12 +13,12 @@ import { RegistryClient } from "../../lib/registry.ts";
 import { BlobStore } from "../../lib/store.ts";
 import {
   cutAfter,
-  type FaultContext,
   type FaultHandler,
   serveBytes,
   startFaultRegistry,
 } from "../helpers/fault_registry.ts";
 import { pushBlob } from "../helpers/push.ts";
+import { cutEvery } from "../helpers/scenarios/kit.ts";
 import { startBlobCdn, startRegistry } from "../helpers/registry.ts";
 import { pseudoRandomBytes } from "../helpers/random.ts";
 
@@ -246,23 +246,6 @@ Deno.test("fetch: real Distribution behind a CDN serves segments without Authori
     await Deno.remove(root, { recursive: true });
   }
 });
-
-/**
- * Serves the blob from the requested offset, cutting the connection at the next multiple of
- * `every` bytes (or, with `fixed`, always at that same byte), announcing the full remainder.
- */
-function cutEvery(every: number, fixed = false): FaultHandler {
-  return (_req, ctx: FaultContext) => {
-    if (!ctx.bytes) return undefined;
-    const total = ctx.bytes.byteLength;
-    const start = ctx.range?.start ?? 0;
-    const cut = fixed ? Math.max(every, start) : (Math.floor(start / every) + 1) * every;
-    if (cut >= total) return serveBytes(ctx.bytes, ctx.range);
-    const headers: Record<string, string> = { "content-length": String(total - start) };
-    if (ctx.range) headers["content-range"] = `bytes ${start}-${total - 1}/${total}`;
-    return cutAfter(ctx.bytes.slice(start, cut), ctx.range ? 206 : 200, headers);
-  };
-}
 
 Deno.test("fetch: retries that resume and progress do not use up --retries", async () => {
   // 10 MiB through a link that drops every 1 MiB: 10 cuts, with 2 retries.

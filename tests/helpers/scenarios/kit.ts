@@ -5,9 +5,11 @@
  * @module
  */
 import {
+  cutAfter,
   type FaultContext,
   type FaultRegistry,
   type FaultRequest,
+  serveBytes,
   startFaultRegistry,
 } from "../fault_registry.ts";
 import {
@@ -208,4 +210,24 @@ export function notFound(what: string): Response {
     { errors: [{ code: `${what}_UNKNOWN`, message: `${what.toLowerCase()} unknown` }] },
     { status: 404 },
   );
+}
+
+/**
+ * Serves the blob from the requested offset, cutting the connection at the next multiple of
+ * `every` bytes (or, with `fixed`, always at that same byte), announcing the full remainder.
+ */
+export function cutEvery(
+  every: number,
+  fixed = false,
+): (req: Request, ctx: FaultContext) => Response | undefined {
+  return (_req, ctx) => {
+    if (!ctx.bytes) return undefined;
+    const total = ctx.bytes.byteLength;
+    const start = ctx.range?.start ?? 0;
+    const cut = fixed ? Math.max(every, start) : (Math.floor(start / every) + 1) * every;
+    if (cut >= total) return serveBytes(ctx.bytes, ctx.range);
+    const headers: Record<string, string> = { "content-length": String(total - start) };
+    if (ctx.range) headers["content-range"] = `bytes ${start}-${total - 1}/${total}`;
+    return cutAfter(ctx.bytes.slice(start, cut), ctx.range ? 206 : 200, headers);
+  };
 }

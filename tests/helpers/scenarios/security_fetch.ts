@@ -6,7 +6,6 @@
  */
 import { createHash } from "node:crypto";
 import type { FaultContext } from "../fault_registry.ts";
-import { cutAfter, serveBytes } from "../fault_registry.ts";
 import {
   buildImage,
   jsonBytes,
@@ -18,7 +17,7 @@ import {
   type TestImage,
 } from "../hostile_image.ts";
 import type { Scenario } from "../hostile_runner.ts";
-import { endlessBody, exactly, expect, fault, pathOf } from "./kit.ts";
+import { cutEvery, endlessBody, exactly, expect, fault, pathOf } from "./kit.ts";
 
 /** Report rows / tests of this module. */
 export const CLASSES: { id: string; title: string }[] = [
@@ -223,16 +222,8 @@ const schema1Unbounded: Scenario[] = [
  */
 function cutting(image: TestImage, every: number, fixed: boolean) {
   const layerPath = `/v2/${image.repository}/blobs/${image.layers[0].digest}`;
-  return (req: Request, ctx: FaultContext) => {
-    if (pathOf(req) !== layerPath || !ctx.bytes) return undefined;
-    const total = ctx.bytes.byteLength;
-    const start = ctx.range?.start ?? 0;
-    const cut = fixed ? Math.max(every, start) : (Math.floor(start / every) + 1) * every;
-    if (cut >= total) return serveBytes(ctx.bytes, ctx.range);
-    const headers: Record<string, string> = { "content-length": String(total - start) };
-    if (ctx.range) headers["content-range"] = `bytes ${start}-${total - 1}/${total}`;
-    return cutAfter(ctx.bytes.slice(start, cut), ctx.range ? 206 : 200, headers);
-  };
+  const cut = cutEvery(every, fixed);
+  return (req: Request, ctx: FaultContext) => pathOf(req) === layerPath ? cut(req, ctx) : undefined;
 }
 
 const retriesProgress: Scenario[] = [
