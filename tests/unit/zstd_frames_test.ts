@@ -13,6 +13,7 @@ import {
   ZstdFrameSplitter,
 } from "../../lib/compression.ts";
 import { ExitCode, InvalidContentError } from "../../lib/errors.ts";
+import { concat } from "../helpers/layers.ts";
 import { pseudoRandomBytes } from "../helpers/random.ts";
 
 const KiB = 1024;
@@ -54,16 +55,6 @@ function skippable(payload: Uint8Array, nibble = 0): Uint8Array {
   view.setUint32(4, payload.byteLength, true);
   frame.set(payload, 8);
   return frame;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.byteLength;
-  }
-  return out;
 }
 
 const sha256 = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -115,9 +106,9 @@ Deno.test("zstd: several frames and skippable frames (zstd:chunked shape) all de
       await zstdFile(["-3"], REPETITIVE, dir), // compressed blocks, content size
       await zstd(["-c", "-1"], RANDOM.subarray(0, 1)),
     ];
-    const data = concat(RANDOM, ZEROS, REPETITIVE, RANDOM.subarray(0, 1));
+    const data = concat([RANDOM, ZEROS, REPETITIVE, RANDOM.subarray(0, 1)]);
     const meta = new TextEncoder().encode('{"zstd:chunked":"manifest"}');
-    const blob = concat(
+    const blob = concat([
       skippable(meta, 0),
       frames[0],
       frames[1],
@@ -127,31 +118,31 @@ Deno.test("zstd: several frames and skippable frames (zstd:chunked shape) all de
       skippable(pseudoRandomBytes(200 * KiB, 3), 7),
       frames[4],
       skippable(meta, 0xe),
-    );
+    ]);
     await assertLikeCli(dir, blob, data, "multi-frame with skippable frames");
     // Many small frames, as zstd:chunked cuts a layer into one frame per file.
     const small = Array.from(
       { length: 40 },
       (_, i) => REPETITIVE.subarray(i * 1000, i * 1000 + 999),
     );
-    const many = concat(...await Promise.all(small.map((s) => zstd(["-c"], s))));
-    await assertLikeCli(dir, many, concat(...small), "40 frames");
+    const many = concat(await Promise.all(small.map((s) => zstd(["-c"], s))));
+    await assertLikeCli(dir, many, concat(small), "40 frames");
   });
 });
 
 Deno.test("zstd: frames split at every possible chunk boundary", async () => {
-  const data = concat(REPETITIVE.subarray(0, 5000), RANDOM.subarray(0, 3000));
-  const blob = concat(
+  const data = concat([REPETITIVE.subarray(0, 5000), RANDOM.subarray(0, 3000)]);
+  const blob = concat([
     skippable(new Uint8Array([1, 2, 3])),
     await zstd(["-c"], data.subarray(0, 5000)),
     await zstd(["-c", "--no-check"], data.subarray(5000)),
     await zstd(["-c"], new Uint8Array(0)),
-  );
+  ]);
   for (const size of [1, 2, 3, 5, 7, 13, 4096]) {
     const chunks = async function* () {
       for (let i = 0; i < blob.byteLength; i += size) yield blob.slice(i, i + size);
     };
-    const out = concat(...await Array.fromAsync(zstdDecompressFrames(chunks())));
+    const out = concat(await Array.fromAsync(zstdDecompressFrames(chunks())));
     assert.equal(sha256(out), sha256(data), `chunks of ${size}`);
   }
 });
@@ -204,8 +195,8 @@ Deno.test("zstd: broken streams are invalid content (exit 8), and leave no outpu
     const cases: [string, Uint8Array][] = [
       ["empty", new Uint8Array(0)],
       ["truncated", good.subarray(0, good.byteLength - 3)],
-      ["truncated skippable frame", concat(good, skippable(new Uint8Array(10)).subarray(0, 12))],
-      ["trailing garbage", concat(good, new Uint8Array([1, 2, 3, 4, 5]))],
+      ["truncated skippable frame", concat([good, skippable(new Uint8Array(10)).subarray(0, 12)])],
+      ["trailing garbage", concat([good, new Uint8Array([1, 2, 3, 4, 5])])],
       ["corrupt block", corrupt],
       ["reserved block type", new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0x20, 0, 0x07, 0, 0])],
     ];

@@ -15,6 +15,7 @@
 import { join } from "node:path";
 import { tarHeader } from "../../../lib/tar.ts";
 import { buildImage, jsonBytes, KiB, type TestImage } from "../hostile_image.ts";
+import { concat } from "../layers.ts";
 import { type RunDirs, type Scenario, spawnImgpull } from "../hostile_runner.ts";
 import { expect, fault } from "./kit.ts";
 
@@ -248,16 +249,6 @@ function paxSize(value: string): Uint8Array[] {
   while (String(length).length + body.length !== length) length++;
   const data = new TextEncoder().encode(`${length}${body}`);
   return [rawHeader("PaxHeaders/layer.tar", "x", octalSize(data.byteLength)), ...padded(data)];
-}
-
-function concat(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.byteLength;
-  }
-  return out;
 }
 
 /** The kinds of hostile tar {@link hostileTar} builds. */
