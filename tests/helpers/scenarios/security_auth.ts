@@ -6,12 +6,12 @@
  */
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { startFaultRegistry } from "../fault_registry.ts";
+import { type FaultRegistry, startFaultRegistry } from "../fault_registry.ts";
 import { buildImage, expectedArchive } from "../hostile_image.ts";
 import type { Scenario, Services } from "../hostile_runner.ts";
 import { runOk } from "../process.ts";
 import type { TestPki } from "../tls.ts";
-import { expect, fault, pathOf } from "./kit.ts";
+import { expect, fault, type Handler, pathOf } from "./kit.ts";
 
 /** Report rows / tests of this module. */
 export const CLASSES: { id: string; title: string }[] = [
@@ -43,6 +43,14 @@ function challenge(header: string): Response {
     status: 401,
     headers: { "www-authenticate": header },
   });
+}
+
+/** A registry that lets `Bearer TOKEN` through and sends everyone else to REALM's /token. */
+function bearerFrom(realm: FaultRegistry, token: string): Handler {
+  return (req) =>
+    req.headers.get("authorization") === `Bearer ${token}`
+      ? undefined
+      : challenge(`Bearer realm="${realm.url}/token",service="registry"`);
 }
 
 /**
@@ -147,10 +155,7 @@ const plainHttpRealm: Scenario = fault({
   });
   return {
     tls: true,
-    handler: () => (req) =>
-      req.headers.get("authorization") === `Bearer ${token}`
-        ? undefined
-        : challenge(`Bearer realm="${realm.url}/token",service="registry"`),
+    handler: () => bearerFrom(realm, token),
     args: creds.args,
     stdin: creds.password,
     expected: null,
@@ -185,10 +190,7 @@ const loopbackPlainRealm: Scenario = fault({
         : challenge('Basic realm="token"'),
   });
   return {
-    handler: () => (req) =>
-      req.headers.get("authorization") === `Bearer ${token}`
-        ? undefined
-        : challenge(`Bearer realm="${realm.url}/token",service="registry"`),
+    handler: () => bearerFrom(realm, token),
     args: creds.args,
     stdin: creds.password,
     secrets: [...creds.secrets, token],
