@@ -81,6 +81,9 @@ export class RegistryClient {
   #cache?: Promise<ManifestCache | undefined>;
   /** The scheme came from the cache's memory, not from a ping of this run. */
   #baseRemembered = false;
+  /** A remembered challenge not answered yet (see {@link #answerRemembered}). */
+  #remembered?: EndpointMemory["challenge"];
+  #answering?: Promise<void>;
 
   constructor(options: RegistryClientOptions) {
     this.options = options;
@@ -173,9 +176,10 @@ export class RegistryClient {
   }
 
   /**
-   * The ping of a warm run: what `/v2/` said last time (scheme, challenge) is reused and the
-   * token asked for at once, saving the `/v2/` round trip. False (and the memory forgotten)
-   * when there is none or it fails, so that the real ping runs.
+   * The ping of a warm run: what `/v2/` said last time (scheme, challenge) is taken as its
+   * answer, saving the `/v2/` round trip. The remembered challenge is answered when the first
+   * request needs it ({@link #answerRemembered}), so a pull whose manifests are all cached asks
+   * for nothing at all. False when there is no usable memory.
    */
   async #pingFromMemory(): Promise<boolean> {
     const cache = await this.#manifestCache();
@@ -183,25 +187,55 @@ export class RegistryClient {
     if (!cache || !memory || !this.#rememberedBaseAllowed(memory.base)) return false;
     this.#base = memory.base;
     this.#baseRemembered = true;
-    if (!memory.challenge) {
-      this.options.log?.(`${memory.base} needed no authentication last time; not pinging it`);
-      return true;
-    }
+    this.#remembered = memory.challenge;
+    this.options.log?.(
+      `${memory.base}: using what /v2/ answered last time (` +
+        (memory.challenge ? `${memory.challenge.scheme} challenge` : "no authentication") + ")",
+    );
+    return true;
+  }
+
+  /**
+   * Answers the remembered challenge once, for the first request that needs it: the token is
+   * asked for while an anonymous `/v2/` opens the connection to the registry (its TCP and TLS
+   * handshakes would otherwise follow the token; concurrent, so no round trip is added). When
+   * the token cannot be had that way, the memory is forgotten and the registry pinged.
+   */
+  #answerRemembered(): Promise<void> {
+    const challenge = this.#remembered;
+    if (!challenge) return this.#answering ?? Promise.resolve();
+    this.#remembered = undefined;
+    const base = this.baseUrl;
+    this.#answering = (async () => {
+      const warming = this.#openConnection(base);
+      try {
+        await this.#session.answerRemembered(challengeOf(challenge), base);
+        this.options.log?.(`answered the remembered challenge of ${base}`);
+      } catch (e) {
+        if (this.options.signal?.aborted) throw e;
+        this.options.log?.(
+          `the remembered challenge of ${base} failed (${(e as Error).message}); ` +
+            `asking the registry again`,
+        );
+        this.#baseRemembered = false;
+        await (await this.#manifestCache())?.forgetEndpoint(this.#endpointKey);
+        await this.#pingRegistry();
+        await this.#rememberEndpoint();
+      } finally {
+        await warming;
+      }
+    })();
+    return this.#answering;
+  }
+
+  /** Sends `GET /v2/` without credentials, only to have a connection open; never fails. */
+  async #openConnection(base: string): Promise<void> {
     try {
-      await this.#session.answerRemembered(challengeOf(memory.challenge), memory.base);
-      this.options.log?.(`answered the remembered challenge of ${memory.base}`);
-      return true;
-    } catch (e) {
-      if (this.options.signal?.aborted) throw e;
-      this.options.log?.(
-        `the remembered challenge of ${memory.base} failed (${(e as Error).message}); ` +
-          `asking the registry again`,
-      );
-      this.#base = undefined;
-      this.#baseRemembered = false;
-      await cache.forgetEndpoint(this.#endpointKey);
-      return false;
-    }
+      const response = await this.#transport.fetch(`${base}${this.apiRoot}/`, {
+        signal: this.options.signal,
+      });
+      await response.body?.cancel();
+    } catch { /* the real requests report what is wrong */ }
   }
 
   /** Remembers the scheme and the challenge of this registry (from its own origin only). */
@@ -275,6 +309,7 @@ export class RegistryClient {
     signal?: AbortSignal,
     method: "GET" | "HEAD" = "GET",
   ): Promise<Response> {
+    await this.#answerRemembered();
     const url = `${this.baseUrl}${this.apiRoot}/${this.options.repository}/${path}`;
     for (let attempt = 0;; attempt++) {
       const authorization = await this.#session.authorization();
