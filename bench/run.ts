@@ -311,17 +311,19 @@ function podmanTool(o: Options, env: BenchEnv): Tool {
     async run(image, runDir, first) {
       const store = join(runDir, "podman");
       await Deno.mkdir(join(store, "tmp"), { recursive: true });
+      // podman refuses a runroot path longer than 50 characters.
+      const runroot = await Deno.makeTempDir({ dir: "/tmp", prefix: "pm-" });
       const storageConf = join(store, "storage.conf");
       await Deno.writeTextFile(
         storageConf,
-        `[storage]\ndriver = "vfs"\ngraphroot = "${store}/root"\nrunroot = "${store}/runroot"\n`,
+        `[storage]\ndriver = "vfs"\ngraphroot = "${store}/root"\nrunroot = "${runroot}"\n`,
       );
       const podman = (args: string[]) =>
         timed("podman", [
           "--root",
           join(store, "root"),
           "--runroot",
-          join(store, "runroot"),
+          runroot,
           "--tmpdir",
           join(store, "libpod-tmp"),
           "--network-config-dir",
@@ -345,27 +347,31 @@ function podmanTool(o: Options, env: BenchEnv): Tool {
           timeoutMs: o.timeoutMs,
         });
       const ref = `${env.host}/${image.reference}`;
-      const pull = await podman([
-        "pull",
-        "-q",
-        "--platform",
-        image.platform,
-        "--cert-dir",
-        env.certDir,
-        "--creds",
-        `${env.user}:${env.password}`,
-        ref,
-      ]);
-      check(pull, "podman pull");
-      const output = join(runDir, "out.tar");
-      const save = await podman(["save", "-q", "--format", "oci-archive", "-o", output, ref]);
-      check(save, "podman save");
-      if (first) await verifyArchive(output, "podman save", "oci-archive");
-      return {
-        seconds: pull.seconds + save.seconds,
-        peakRssKiB: Math.max(pull.peakRssKiB ?? 0, save.peakRssKiB ?? 0) || undefined,
-        parts: { pull: pull.seconds, save: save.seconds },
-      };
+      try {
+        const pull = await podman([
+          "pull",
+          "-q",
+          "--platform",
+          image.platform,
+          "--cert-dir",
+          env.certDir,
+          "--creds",
+          `${env.user}:${env.password}`,
+          ref,
+        ]);
+        check(pull, "podman pull");
+        const output = join(runDir, "out.tar");
+        const save = await podman(["save", "-q", "--format", "oci-archive", "-o", output, ref]);
+        check(save, "podman save");
+        if (first) await verifyArchive(output, "podman save", "oci-archive");
+        return {
+          seconds: pull.seconds + save.seconds,
+          peakRssKiB: Math.max(pull.peakRssKiB ?? 0, save.peakRssKiB ?? 0) || undefined,
+          parts: { pull: pull.seconds, save: save.seconds },
+        };
+      } finally {
+        await cleanDir(runroot);
+      }
     },
   };
 }
