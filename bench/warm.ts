@@ -9,8 +9,8 @@
  * deno run -A bench/warm.ts [IMAGE] [--runs 3] [--main PATH/TO/main.ts] [--timeline]
  * ```
  *
- * `--timeline` adds one more warm pull with `--verbose` and prints its debug lines with the
- * milliseconds since the process was spawned: where a warm pull's time goes.
+ * `--timeline` adds one more cold and warm pull with `--verbose` and prints their debug lines
+ * with the milliseconds since the process was spawned: where a pull's time goes.
  * @module
  */
 import { join } from "node:path";
@@ -122,50 +122,57 @@ try {
   const ratio = median(warm) / median(cold);
   let timeline = "";
   if (values.timeline) {
-    const home = join(work, "home-timeline");
-    await Deno.mkdir(home);
-    const [cmd, base] = imgpullCommand(snapshot.main);
-    const child = new Deno.Command(cmd, {
-      args: [
-        ...base,
-        `${env.host}/${image.reference}`,
-        "-o",
-        join(work, "out-timeline.tar"),
-        "--verbose",
-        "--platform",
-        image.platform,
-        "--ca-cert",
-        env.caCertPath,
-        "--username",
-        env.user,
-        "--password-stdin",
-        "--cache-dir",
-        join(work, "cache-0"),
-      ],
-      env: imgpullEnv(home, denoDir),
-      stdin: "piped",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const started = performance.now();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(`${env.password}\n`));
-    await writer.close();
-    const lines: string[] = [];
-    let rest = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      const at = performance.now() - started;
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      for (const line of parts) {
-        if (line.trim()) lines.push(`${at.toFixed(0).padStart(5)} ms  ${line}`);
+    /** One pull with `--verbose`, its stderr lines stamped with ms since spawn. */
+    const stamped = async (label: string, cache: string) => {
+      const home = join(work, `home-timeline-${label}`);
+      await Deno.mkdir(home);
+      const [cmd, base] = imgpullCommand(snapshot.main);
+      const child = new Deno.Command(cmd, {
+        args: [
+          ...base,
+          `${env.host}/${image.reference}`,
+          "-o",
+          join(work, `out-timeline-${label}.tar`),
+          "--verbose",
+          "--platform",
+          image.platform,
+          "--ca-cert",
+          env.caCertPath,
+          "--username",
+          env.user,
+          "--password-stdin",
+          "--cache-dir",
+          cache,
+        ],
+        env: imgpullEnv(home, denoDir),
+        stdin: "piped",
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const started = performance.now();
+      const writer = child.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(`${env.password}\n`));
+      await writer.close();
+      const lines: string[] = [];
+      let rest = "";
+      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+        const at = performance.now() - started;
+        const parts = (rest + chunk).split("\n");
+        rest = parts.pop()!;
+        for (const line of parts) {
+          // Progress redraws and per-segment retries are noise here.
+          if (line.trim() && !/\[debug\] retry /.test(line)) {
+            lines.push(`${at.toFixed(0).padStart(5)} ms  ${line}`);
+          }
+        }
       }
-    }
-    await child.status;
-    lines.push(`${(performance.now() - started).toFixed(0).padStart(5)} ms  (exit)`);
-    timeline =
-      `\nOne warm pull with \`--verbose\`, each line stamped when it reached the harness:\n\n` +
-      "```\n" + lines.join("\n") + "\n```\n";
+      await child.status;
+      lines.push(`${(performance.now() - started).toFixed(0).padStart(5)} ms  (exit)`);
+      return `\nOne ${label} pull with \`--verbose\`, each line stamped when it reached the ` +
+        `harness:\n\n\`\`\`\n${lines.join("\n")}\n\`\`\`\n`;
+    };
+    timeline = await stamped("cold", join(work, "cache-timeline")) +
+      await stamped("warm", join(work, "cache-timeline"));
   }
   console.log(
     `### Warm re-pull: \`${image.reference}\` on the emulated WAN — ${new Date().toISOString()}
