@@ -68,6 +68,8 @@ Options:
   --segment-size MIB               largest Range segment of a blob (default 8)
   --max-layer-size SIZE            refuse a layer larger than SIZE, compressed or not (e.g.
                                    2G; default: 100x its compressed size, at least 1 GiB)
+  --limit-rate RATE                at most RATE bytes per second for the whole pull (e.g.
+                                   500K, 10M), across all connections, as curl and aria2
   --cache-dir DIR                  blob cache (default: $XDG_CACHE_HOME/imgpull or
                                    ~/.cache/imgpull)
   --no-cache                       keep no blobs between runs
@@ -109,6 +111,7 @@ const OPTIONS = {
   "stall-timeout": { type: "string" },
   "segment-size": { type: "string" },
   "max-layer-size": { type: "string" },
+  "limit-rate": { type: "string" },
   "cache-dir": { type: "string" },
   "no-cache": { type: "boolean" },
   "import-tar": { type: "string" },
@@ -349,6 +352,13 @@ export async function main(args: string[]): Promise<number> {
     if (maxLayerText !== undefined && maxLayerBytes === undefined) {
       throw new UsageError(`--max-layer-size: not a size: ${maxLayerText}`);
     }
+    const limitText = values["limit-rate"];
+    const limitRate = limitText === undefined ? undefined : parseByteSize(limitText);
+    if (limitText !== undefined && !(limitRate! > 0)) {
+      throw new UsageError(`--limit-rate: not a rate: ${limitText}`, {
+        hint: "bytes per second, e.g. 500K or 10M",
+      });
+    }
     // Everything the user typed is checked before anything is printed or fetched.
     for (const r of references) parseReference(r);
     if (values.tag !== undefined) repoTagFromName(values.tag);
@@ -384,6 +394,7 @@ export async function main(args: string[]): Promise<number> {
         connections,
         maxSegmentBytes: segmentMiB === undefined ? undefined : segmentMiB * 1024 * 1024,
         maxLayerBytes,
+        limitRate,
         cacheDir,
       });
       renderer.finish();

@@ -96,7 +96,9 @@ export async function pruneCache(
   await secureCacheDir(root, { create: false });
   const cutoff = olderThanMs === undefined ? Infinity : Date.now() - olderThanMs;
   let removed = 0, bytes = 0;
-  for (const area of ["blobs", "partial", "diffids"]) {
+  // Manifests (by digest), tags and what registries' /v2/ said are small and remembered the same
+  // way: their use time is refreshed on every read.
+  for (const area of ["blobs", "partial", "diffids", "manifests", "tags", "registries"]) {
     for await (const { path, info } of walkFiles(`${root}/${area}`)) {
       const used = info.mtime?.getTime() ?? 0;
       if (olderThanMs !== undefined && used > cutoff) continue;
@@ -104,7 +106,7 @@ export async function pruneCache(
       try {
         await Deno.remove(path);
         removed++;
-        if (area !== "diffids") bytes += info.size;
+        if (area === "blobs" || area === "partial" || area === "manifests") bytes += info.size;
       } catch { /* removed meanwhile */ }
     }
   }

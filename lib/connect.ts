@@ -48,6 +48,11 @@ export interface ConnectOptions {
   hostsDir?: string;
   /** Prefix of the /etc configuration paths (tests point it at a temporary directory). */
   systemConfigRoot?: string;
+  /**
+   * The private cache directory: manifests by digest and what each endpoint's `/v2/` said
+   * (see RegistryClientOptions.cacheDir); unset with `--no-cache`.
+   */
+  cacheDir?: string;
 }
 
 /** Opens a registry client for `ref` itself (no mirrors), with TLS and credentials, and pings it. */
@@ -123,6 +128,7 @@ async function connectEndpoint(endpoint: Endpoint, options: ConnectOptions): Pro
     signal: options.signal,
     retries: options.retries,
     stallTimeoutMs: options.stallTimeoutMs,
+    cacheDir: options.cacheDir,
   });
   try {
     await client.ping();

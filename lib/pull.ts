@@ -120,6 +120,8 @@ export interface PullOptions extends ConnectOptions {
   maxSegmentBytes?: number;
   /** `--max-layer-size`: largest layer, compressed or not (see FetchPolicy.maxLayerBytes). */
   maxLayerBytes?: number;
+  /** `--limit-rate`: bytes per second for the whole pull, across all connections. */
+  limitRate?: number;
   /**
    * The shared blob cache (see {@link defaultCacheDir}); without one, blobs
    * go to a scratch directory beside the output that is removed afterwards.
@@ -368,6 +370,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
         retries: options.retries,
         stallTimeoutMs: options.stallTimeoutMs,
         maxLayerBytes: options.maxLayerBytes,
+        limitRateBytes: options.limitRate,
       }),
       onEvent,
       signal,

@@ -330,6 +330,22 @@ export async function verifyCache(root: string): Promise<string[]> {
       }
     } else if (area === "tmp") {
       problems.push(`cache tmp/ still holds ${file}`);
+    } else if (area === "manifests") {
+      // A manifest or index: its content type, a newline, then bytes hashing to the name.
+      const m = file.match(/^manifests\/sha256\/([0-9a-f]{64})$/);
+      if (!m) {
+        problems.push(`cache holds a stray manifest file ${file}`);
+        continue;
+      }
+      const raw = await Deno.readFile(`${root}/${file}`);
+      const body = raw.subarray(raw.indexOf(0x0a) + 1);
+      if (createHash("sha256").update(body).digest("hex") !== m[1]) {
+        problems.push(`cached manifest ${file} is corrupt`);
+      }
+    } else if (area === "registries" || area === "tags") {
+      if (!/^(registries|tags)\/sha256\/[0-9a-f]{64}$/.test(file)) {
+        problems.push(`cache holds a stray file ${file}`);
+      }
     } else if (area !== "locks" && area !== "diffids") {
       problems.push(`cache holds an unexpected file ${file}`);
     }
