@@ -250,6 +250,7 @@ export interface UrlBlobSourceOptions {
  */
 export class UrlBlobSource implements BlobSource {
   readonly #transport: Transport;
+  readonly #registryUrl?: string;
 
   constructor(readonly url: string, options: UrlBlobSourceOptions = {}) {
     const parsed = new URL(url);
@@ -267,6 +268,7 @@ export class UrlBlobSource implements BlobSource {
       throw new InvalidContentError(`refusing foreign layer URL with credentials in it`);
     }
     this.#transport = new Transport(options.tls ?? {});
+    this.#registryUrl = options.registryUrl;
   }
 
   async openBlob(
@@ -274,7 +276,17 @@ export class UrlBlobSource implements BlobSource {
     init: { signal?: AbortSignal; range?: { start: number; end?: number } } = {},
   ): Promise<Response> {
     const headers = blobRequestHeaders(init.range);
-    const response = await this.#transport.fetch(this.url, { headers, signal: init.signal });
+    // Every hop of a redirect is held to the same policy as the URL itself.
+    const registryUrl = this.#registryUrl;
+    const checkRedirect = registryUrl === undefined ? undefined : (next: URL) => {
+      const verdict = foreignUrlAllowed(next.href, registryUrl);
+      return verdict.allowed ? undefined : verdict.reason;
+    };
+    const response = await this.#transport.fetch(this.url, {
+      headers,
+      signal: init.signal,
+      checkRedirect,
+    });
     if (!response.ok) {
       throw await errorForResponse(response, `foreign layer ${digest} at ${this.url}`);
     }

@@ -204,6 +204,8 @@ export interface TransportRequest {
   headers?: HeadersInit;
   body?: string | URLSearchParams;
   signal?: AbortSignal;
+  /** Checks each redirect target on top of the rules every request follows: a refusal reason. */
+  checkRedirect?: (next: URL) => string | undefined;
 }
 
 /** Wraps `fetch` with the safety rules every request must follow. */
@@ -263,6 +265,10 @@ export class Transport {
           `refusing redirect from HTTPS to plain HTTP (${next.origin})`,
           { retryable: false },
         );
+      }
+      const refused = request.checkRedirect?.(next);
+      if (refused !== undefined) {
+        throw new InvalidContentError(`refusing redirect to ${next.origin}: ${refused}`);
       }
       if (next.origin !== current.origin) {
         // CDNs and S3 reject a second auth mechanism, and the token is not theirs.

@@ -7,7 +7,12 @@ import { join } from "node:path";
 import { digestOf } from "../../lib/digest.ts";
 import { InvalidContentError, NotFoundError } from "../../lib/errors.ts";
 import type { PullEvent } from "../../lib/events.ts";
-import { downloadForeignLayer, fetchPolicy, foreignUrlAllowed } from "../../lib/fetch.ts";
+import {
+  downloadForeignLayer,
+  fetchPolicy,
+  foreignUrlAllowed,
+  UrlBlobSource,
+} from "../../lib/fetch.ts";
 import { MediaType } from "../../lib/media_types.ts";
 import { BlobStore } from "../../lib/store.ts";
 import { imgpull } from "../helpers/cli.ts";
@@ -159,5 +164,33 @@ Deno.test("foreign layer URLs: refused URLs are never requested; the error says 
     await store.remove();
     await local.shutdown();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("foreign layer URLs: every redirect hop is held to the same policy", async () => {
+  const requests: string[] = [];
+  const server: Deno.HttpServer<Deno.NetAddr> = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    (req): Response => {
+      requests.push(new URL(req.url).pathname);
+      // An allowed URL redirecting to one the policy refuses (credentials in it).
+      return new Response(null, {
+        status: 302,
+        headers: { location: `http://someone:secret@127.0.0.1:${server.addr.port}/second` },
+      });
+    },
+  );
+  const source = new UrlBlobSource(`http://127.0.0.1:${server.addr.port}/first`, {
+    registryUrl: `http://127.0.0.1:${server.addr.port}`,
+  });
+  try {
+    await assert.rejects(
+      () => source.openBlob(`sha256:${"a".repeat(64)}`),
+      (e: unknown) => e instanceof InvalidContentError && /carries credentials/.test(e.message),
+    );
+    assert.deepEqual(requests, ["/first"], "the refused hop is never requested");
+  } finally {
+    source.close();
+    await server.shutdown();
   }
 });
