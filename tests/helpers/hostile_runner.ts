@@ -92,7 +92,10 @@ export interface Scenario {
   cache?: boolean;
   /** Run with `--verbose` (stack traces are then allowed). */
   verbose?: boolean;
-  /** Whether the tests put a file at the destination first (the script alternates). */
+  /**
+   * Whether the tests put a file at the destination first (the script alternates, except where
+   * this is `false`: an output that is a directory).
+   */
   preexisting?: boolean;
   /** Needs root (tmpfs mounts). */
   root?: boolean;
@@ -254,7 +257,10 @@ export async function runScenario(
     home: join(work, "home"),
     cache: join(work, "cache"),
     output: join(work, "out", "out.tar"),
-    preexisting: options.preexisting ?? scenario.preexisting ?? false,
+    // A scenario that says `false` has no file destination to protect (a directory output).
+    preexisting: scenario.preexisting === false
+      ? false
+      : options.preexisting ?? scenario.preexisting ?? false,
   };
   await Deno.mkdir(dirs.out);
   await Deno.mkdir(dirs.home);
