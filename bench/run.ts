@@ -6,12 +6,13 @@
  *       [--settings 1,3,5,8] [--tools imgpull,skopeo,docker,curl,curl-range] [--out FILE]
  *       [--tools imgpull-oci,imgpull-rootfs,skopeo-oci,podman]   (the output-format rows)
  *       [--delay-ms 25] [--conn-mbit 32] [--total-mbit 400] [--timeout-s 900]
- *       [--cache-dir DIR] [--main PATH/TO/main.ts]
+ *       [--cache-dir DIR] [--main PATH/TO/main.ts] [--chart FILE.svg]
  *
  * Every run is cold: outputs are deleted (and `sync`ed) between runs, imgpull gets a fresh
  * empty HOME (plus `--no-cache` when its `--help` lists it), docker removes the image. Runs are
  * interleaved (run 1 of every tool, then run 2, …) so drift spreads evenly. The markdown report
- * goes to stdout (and is appended to `--out`); progress goes to stderr.
+ * goes to stdout (and is appended to `--out`); progress goes to stderr. `--chart` also draws each
+ * image's side by side as an SVG bar chart (bench/chart.ts).
  * @module
  */
 import { join } from "node:path";
@@ -33,6 +34,7 @@ import {
 import { type BenchDockerd, startBenchDockerd } from "./dockerd.ts";
 import { type BenchEnv, DEFAULT_WAN, startBenchEnv, warmPageCache } from "./env.ts";
 import { type BenchImage, IMAGE_NAMES, type ImageName, pullBytes } from "./images.ts";
+import { type ChartRow, renderBarChart } from "./chart.ts";
 
 /** Every tool the harness knows; the default set is the docker-archive side by side. */
 const ALL_TOOLS = [
@@ -58,6 +60,8 @@ const USAGE = `usage: deno run -A bench/run.ts [options]
                           output-format rows: imgpull --format oci-archive / rootfs at c=3,
                           skopeo copy → oci-archive, podman pull + save --format oci-archive)
   --out FILE              also append the report to FILE
+  --chart FILE.svg        also draw the side by side as an SVG bar chart (the pullers and the
+                          link limit; with several images, FILE-IMAGE.svg each)
   --delay-ms MS           WAN one-way delay (default ${DEFAULT_WAN.delayMs})
   --conn-mbit MBIT        WAN cap per connection (default ${DEFAULT_WAN.connMbit})
   --total-mbit MBIT       WAN cap for all connections (default ${DEFAULT_WAN.totalMbit})
@@ -162,6 +166,7 @@ interface Options {
   settings: number[];
   tools: string[];
   out?: string;
+  chart?: string;
   delayMs: number;
   connMbit: number;
   totalMbit: number;
@@ -181,6 +186,7 @@ function parseOptions(args: string[]): Options {
       settings: { type: "string", default: "1,3,5,8" },
       tools: { type: "string", default: "imgpull,skopeo,docker,curl,curl-range" },
       out: { type: "string" },
+      chart: { type: "string" },
       "delay-ms": { type: "string", default: String(DEFAULT_WAN.delayMs) },
       "conn-mbit": { type: "string", default: String(DEFAULT_WAN.connMbit) },
       "total-mbit": { type: "string", default: String(DEFAULT_WAN.totalMbit) },
@@ -218,6 +224,7 @@ function parseOptions(args: string[]): Options {
     settings: parseList(values.settings, "--settings"),
     tools,
     out: values.out,
+    chart: values.chart,
     delayMs: num(values["delay-ms"], "--delay-ms"),
     connMbit: num(values["conn-mbit"], "--conn-mbit"),
     totalMbit: num(values["total-mbit"], "--total-mbit"),
@@ -735,6 +742,37 @@ function goals(image: BenchImage, rows: Row[], env: BenchEnv): string[] {
   return lines;
 }
 
+/** Where `--chart` draws `image`: FILE itself, or FILE-IMAGE.svg when the run has several. */
+export function chartPath(file: string, image: string, several: boolean): string {
+  if (!several) return file;
+  const dot = file.toLowerCase().endsWith(".svg") ? file.length - 4 : file.length;
+  return `${file.slice(0, dot)}-${image}${file.slice(dot) || ".svg"}`;
+}
+
+/**
+ * The side by side of one image as an SVG: every puller that finished (the curl rows are
+ * transfer ceilings, not pullers, and stay in the table only), imgpull's default row as the
+ * baseline of the ratios, the link limit as a line.
+ */
+function chartSvg(image: BenchImage, rows: Row[], env: BenchEnv, date: string): string {
+  const base = imgpullBaseline(rows);
+  const drawn = rows.filter((r) => !r.tool.id.startsWith("curl") && rowStats(r));
+  const bars: ChartRow[] = drawn.map((r) => {
+    const s = rowStats(r)!;
+    return { label: r.tool.label, seconds: s.median, min: s.min, max: s.max };
+  });
+  const limit = linkLimit(image, env);
+  const where = env.wan ? "the emulated WAN" : "loopback";
+  return renderBarChart(bars, {
+    title: `${image.name}: a cold pull on ${where}`,
+    subtitle: `${date} · ${mb(pullBytes(image))} compressed · bar: median; ratio to ${
+      base ? base.row.tool.label.replace(" (default)", "") : "the first row"
+    }${limit ? ` · dashed: link limit (${LIMIT_RTTS} RTT)` : ""}`,
+    baseline: Math.max(0, base ? drawn.indexOf(base.row) : 0),
+    limit: limit ? { label: "link limit", seconds: limit.seconds } : undefined,
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
@@ -894,6 +932,11 @@ async function main(): Promise<void> {
       const section = [table(image, rows, env), "", ...goals(image, rows, env)].join("\n");
       sections.push(section);
       console.log(`${section}\n`);
+      if (o.chart) {
+        const file = chartPath(o.chart, image.name, env.images.length > 1);
+        await Deno.writeTextFile(file, chartSvg(image, rows, env, date));
+        log(`[bench] chart: ${file}`);
+      }
     }
     if (o.out) {
       await Deno.writeTextFile(o.out, `${sections.join("\n\n")}\n\n`, { append: true });
