@@ -118,13 +118,7 @@ export interface RootfsSummary {
 // ---------------------------------------------------------------------------
 // Layer streams
 
-/**
- * Compressed bytes per read of a layer blob. 1 MiB reads kept ~15 MB more resident (each read
- * inflates into several MiB of short-lived buffers at once) for no speed gain; 128 KiB is as fast.
- */
-const READ_BYTES = 128 * KiB;
-
-/** Reads a file in fresh {@link READ_BYTES} chunks (consumers may keep views of them). */
+/** Reads a file in fresh 1 MiB chunks (consumers may keep views of them). */
 async function* readBlob(path: string, what: string): AsyncGenerator<Uint8Array> {
   let file: Deno.FsFile;
   try {
@@ -134,7 +128,7 @@ async function* readBlob(path: string, what: string): AsyncGenerator<Uint8Array>
   }
   try {
     for (;;) {
-      const chunk = new Uint8Array(READ_BYTES);
+      const chunk = new Uint8Array(MiB);
       let n: number | null;
       try {
         n = await file.read(chunk);
