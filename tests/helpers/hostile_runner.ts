@@ -272,7 +272,10 @@ export async function runScenario(
   try {
     prepared = await scenario.prepare(dirs, services);
     const output = prepared.output ?? dirs.output;
-    if (dirs.preexisting && !prepared.ownsDestination) await Deno.writeTextFile(output, SENTINEL);
+    // Standard output (`-o -`) has no file to protect.
+    if (dirs.preexisting && !prepared.ownsDestination && output !== "-") {
+      await Deno.writeTextFile(output, SENTINEL);
+    }
     const before = await snapshot(dirs.out);
     const args = [
       prepared.ref,
