@@ -351,12 +351,14 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   const signal = options.signal
     ? AbortSignal.any([options.signal, failure.signal])
     : failure.signal;
-  // The shared cache, or a scratch directory beside the output (removed afterwards).
+  // The shared cache, or a scratch directory beside the output (removed afterwards); with
+  // `-o -` there is no output directory, so the scratch goes into a temporary one.
+  const scratchParent = !options.cacheDir && toStdout
+    ? await Deno.makeTempDir({ prefix: "imgpull-" })
+    : undefined;
   const store = options.cacheDir
     ? await BlobStore.open(options.cacheDir)
-    : await BlobStore.createIn(
-      toStdout ? await Deno.makeTempDir({ prefix: "imgpull-" }) : outputDir,
-    );
+    : await BlobStore.createIn(scratchParent ?? outputDir);
   const sources: Source[] = [];
   try {
     const connections = options.connections ?? (concurrency === 1 ? 1 : DEFAULT_CONNECTIONS);
@@ -420,10 +422,8 @@ export async function pull(options: PullOptions): Promise<PullResult> {
     };
   } finally {
     for (const source of sources) source.client.close();
-    if (!store.persistent) {
-      await store.remove();
-      if (toStdout) await Deno.remove(store.root.replace(/\/\.imgpull-[^/]*$/, "")).catch(() => {});
-    }
+    if (!store.persistent) await store.remove();
+    if (scratchParent) await Deno.remove(scratchParent, { recursive: true }).catch(() => {});
   }
 }
 
