@@ -11,7 +11,7 @@
 import type { EnvReader } from "./auth/credentials.ts";
 import { decompressLayer, type DecompressOptions, sniffCompression } from "./compression.ts";
 import { connectFirstWorking, type ConnectOptions } from "./connect.ts";
-import { DigestHasher, digestOf, parseDigest } from "./digest.ts";
+import { digestOf, parseDigest } from "./digest.ts";
 import {
   ImgpullError,
   InvalidContentError,
@@ -57,14 +57,16 @@ import {
   subsetIndex,
 } from "./resolve.ts";
 import { Semaphore } from "./semaphore.ts";
-import { BlobStore, CacheEntryCorruptError, evictFile, localIoError } from "./store.ts";
+import { BlobStore, CacheEntryCorruptError, localIoError } from "./store.ts";
 import {
   type Assembly,
   type AssemblyEntry,
+  copyVerified,
   DirectoryAssembly,
   removeAbandonedArchives,
   StreamAssembly,
   TarAssembly,
+  temporaryPath,
 } from "./writers/assembly.ts";
 import {
   type ArchiveImage,
@@ -509,26 +511,26 @@ async function verifiedStored(
   // Schema1 blobs have no size (-1): any stored size will do, the hash decides.
   if (stored === undefined || (size >= 0 && stored !== size)) return undefined;
   const path = run.store.blobPath(digest);
-  const hasher = new DigestHasher(parseDigest(digest).algorithm);
+  // The verified copy of the outputs, into nothing: it hashes, and evicts a damaged entry.
+  const discard = { write: () => Promise.resolve() };
   try {
-    using file = await Deno.open(path, { read: true });
-    const buffer = new Uint8Array(1024 * 1024);
-    for (;;) {
-      const n = await file.read(buffer);
-      if (n === null) break;
-      hasher.update(buffer.subarray(0, n));
-    }
-  } catch {
+    await copyVerified(digest, path, discard, stored, "the cache", run.signal);
+    return path;
+  } catch (e) {
+    run.signal.throwIfAborted();
+    // Damaged (evicted): say so. Unreadable: as if absent. Either way it is downloaded again.
+    if (e instanceof CacheEntryCorruptError) warnDamaged(run, digest);
     return undefined;
   }
-  if (hasher.digest() === digest) return path;
-  await evictFile(path);
+}
+
+/** Says that a cached blob was damaged, removed, and is being downloaded again. */
+function warnDamaged(run: PullRun, digest: string): void {
   run.onEvent({
     type: "warning",
     message: `cached blob ${shortDigest(digest)} is damaged (its content does not match its ` +
       `digest); removed from the cache and downloading it again`,
   });
-  return undefined;
 }
 
 /**
@@ -539,11 +541,13 @@ async function verifiedStored(
  */
 async function fillAndCommit(
   run: PullRun,
-  assembly: Assembly,
+  open: () => Promise<Assembly>,
   jobs: readonly BlobJob[],
   reported: ReadonlySet<string> = new Set(),
 ): Promise<void> {
+  // One size per digest is settled before anything is written.
   const distinct = distinctJobs(jobs);
+  const assembly = await open();
   const copyOptions = { signal: run.signal };
   const download = async (job: BlobJob): Promise<void> => {
     const descriptor = job.descriptor!;
@@ -575,11 +579,7 @@ async function fillAndCommit(
         if (!(e instanceof CacheEntryCorruptError) || job.descriptor?.digest !== job.digest) {
           throw e;
         }
-        run.onEvent({
-          type: "warning",
-          message: `cached blob ${shortDigest(job.digest)} is damaged (its content does not ` +
-            `match its digest); removed from the cache and downloading it again`,
-        });
+        warnDamaged(run, job.digest);
         await download(job);
       }
     });
@@ -620,8 +620,7 @@ async function pullDockerArchive(
       bytes: prepared.image.layers.reduce((sum, l) => sum + l.size, 0),
     });
   }
-  distinctJobs(jobs); // one size per digest, before anything is written
-  await fillAndCommit(run, await open(dockerArchiveEntries(archiveImages)), jobs, reported);
+  await fillAndCommit(run, () => open(dockerArchiveEntries(archiveImages)), jobs, reported);
   return results;
 }
 
@@ -944,7 +943,7 @@ async function pullOciLayout(
   }
   await fillAndCommit(
     run,
-    await open(ociLayoutEntries(layoutImages, { documents, blobs })),
+    () => open(ociLayoutEntries(layoutImages, { documents, blobs })),
     blobJobs,
   );
   return results;
@@ -1078,8 +1077,8 @@ async function writeRootfsFile(
   options: { signal: AbortSignal; maxLayerBytes?: number },
 ): Promise<Awaited<ReturnType<typeof writeRootfs>>> {
   await removeAbandonedArchives(destination);
-  const { dir, base } = splitPath(destination);
-  const temp = joinPath(dir, `.${base}.${crypto.randomUUID().slice(0, 8)}.partial`);
+  const { dir } = splitPath(destination);
+  const temp = temporaryPath(destination);
   let file: Deno.FsFile;
   let holder: Deno.FsFile;
   try {

@@ -108,8 +108,11 @@ function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-/** `.NAME.<8 hex>.partial` beside `destination`: where its output is built. */
-function temporaryPath(destination: string): string {
+/**
+ * `.NAME.<8 hex>.partial` beside `destination`: where its output is built (and what
+ * {@link removeAbandonedArchives} looks for).
+ */
+export function temporaryPath(destination: string): string {
   return join(
     dirname(destination),
     `.${basename(destination)}.${crypto.randomUUID().slice(0, 8)}.partial`,
