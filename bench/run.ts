@@ -35,6 +35,7 @@ import { type BenchDockerd, startBenchDockerd } from "./dockerd.ts";
 import { type BenchEnv, DEFAULT_WAN, startBenchEnv, warmPageCache } from "./env.ts";
 import { type BenchImage, IMAGE_NAMES, type ImageName, pullBytes } from "./images.ts";
 import { type ChartRow, renderBarChart } from "./chart.ts";
+import { podmanStore } from "../tests/helpers/podman.ts";
 
 /** Every tool the harness knows; the default set is the docker-archive side by side. */
 const ALL_TOOLS = [
@@ -317,40 +318,13 @@ function podmanTool(o: Options, env: BenchEnv): Tool {
     label: "podman pull + save → oci-archive (vfs)",
     async run(image, runDir, first) {
       const store = join(runDir, "podman");
-      await Deno.mkdir(join(store, "tmp"), { recursive: true });
+      await Deno.mkdir(store, { recursive: true });
       // podman refuses a runroot path longer than 50 characters.
       const runroot = await Deno.makeTempDir({ dir: "/tmp", prefix: "pm-" });
-      const storageConf = join(store, "storage.conf");
-      await Deno.writeTextFile(
-        storageConf,
-        `[storage]\ndriver = "vfs"\ngraphroot = "${store}/root"\nrunroot = "${runroot}"\n`,
-      );
+      const pm = await podmanStore(store, runroot);
       const podman = (args: string[]) =>
-        timed("podman", [
-          "--root",
-          join(store, "root"),
-          "--runroot",
-          runroot,
-          "--tmpdir",
-          join(store, "libpod-tmp"),
-          "--network-config-dir",
-          join(store, "networks"),
-          "--volumepath",
-          join(store, "volumes"),
-          "--storage-driver",
-          "vfs",
-          "--cgroup-manager",
-          "cgroupfs",
-          "--events-backend",
-          "file",
-          ...args,
-        ], {
-          env: {
-            PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-            HOME: store,
-            TMPDIR: join(store, "tmp"),
-            CONTAINERS_STORAGE_CONF: storageConf,
-          },
+        timed("podman", [...pm.args, ...args], {
+          env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: store, ...pm.env },
           timeoutMs: o.timeoutMs,
         });
       const ref = `${env.host}/${image.reference}`;

@@ -18,6 +18,53 @@ export interface PodmanLoadResult extends CommandResult {
   oses: string[];
 }
 
+/** A podman store of its own: the global flags and environment that point podman at it. */
+export interface PodmanStore {
+  args: string[];
+  env: Record<string, string>;
+}
+
+/**
+ * Prepares a throw-away podman store under `dir` (vfs, cgroupfs, file events), isolated from the
+ * host's /var/lib/containers and storage.conf. podman refuses a runroot longer than 50
+ * characters: give a short `runroot` when `dir` is deep.
+ */
+export async function podmanStore(
+  dir: string,
+  runroot = join(dir, "runroot"),
+): Promise<PodmanStore> {
+  const storageConf = join(dir, "storage.conf");
+  await Deno.writeTextFile(
+    storageConf,
+    `[storage]\ndriver = "vfs"\ngraphroot = "${dir}/root"\nrunroot = "${runroot}"\n`,
+  );
+  await Deno.mkdir(join(dir, "tmp"), { recursive: true });
+  return {
+    args: [
+      "--root",
+      join(dir, "root"),
+      "--runroot",
+      runroot,
+      "--tmpdir",
+      join(dir, "libpod-tmp"),
+      // Otherwise the network backend takes a lock file in /etc/containers/networks.
+      "--network-config-dir",
+      join(dir, "networks"),
+      "--volumepath",
+      join(dir, "volumes"),
+      "--storage-driver",
+      "vfs",
+      "--cgroup-manager",
+      "cgroupfs",
+      "--events-backend",
+      "file",
+    ],
+    // containers.conf can set a different events/cgroup backend; the flags win anyway, but the
+    // variables keep host storage.conf options (e.g. additional image stores) out.
+    env: { CONTAINERS_STORAGE_CONF: storageConf, TMPDIR: join(dir, "tmp") },
+  };
+}
+
 /**
  * Loads `archivePath` (docker-archive, OCI archive or OCI dir) into a fresh temporary podman
  * store, lists and inspects what got loaded, and deletes the store. Never throws on a failed
@@ -26,36 +73,8 @@ export interface PodmanLoadResult extends CommandResult {
 export async function podmanLoad(archivePath: string): Promise<PodmanLoadResult> {
   const dir = await Deno.makeTempDir({ prefix: "imgpull-podman-" });
   try {
-    const storageConf = join(dir, "storage.conf");
-    await Deno.writeTextFile(
-      storageConf,
-      `[storage]\ndriver = "vfs"\ngraphroot = "${dir}/root"\nrunroot = "${dir}/runroot"\n`,
-    );
-    // containers.conf can set a different events/cgroup backend; the flags below win anyway,
-    // but the env vars keep host storage.conf options (e.g. additional image stores) out.
-    const env = { CONTAINERS_STORAGE_CONF: storageConf, TMPDIR: join(dir, "tmp") };
-    await Deno.mkdir(join(dir, "tmp"));
-    const podman = (args: string[]) =>
-      run("podman", [
-        "--root",
-        join(dir, "root"),
-        "--runroot",
-        join(dir, "runroot"),
-        "--tmpdir",
-        join(dir, "libpod-tmp"),
-        // Otherwise the network backend takes a lock file in /etc/containers/networks.
-        "--network-config-dir",
-        join(dir, "networks"),
-        "--volumepath",
-        join(dir, "volumes"),
-        "--storage-driver",
-        "vfs",
-        "--cgroup-manager",
-        "cgroupfs",
-        "--events-backend",
-        "file",
-        ...args,
-      ], { env });
+    const store = await podmanStore(dir);
+    const podman = (args: string[]) => run("podman", [...store.args, ...args], { env: store.env });
 
     const load = await podman(["load", "--input", archivePath]);
     const result: PodmanLoadResult = { ...load, images: [], ids: [], architectures: [], oses: [] };

@@ -16,6 +16,7 @@
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import type { Dockerd } from "../dockerd.ts";
+import { podmanStore } from "../podman.ts";
 import { type CommandResult, run } from "../process.ts";
 import type { CorpusContainerd } from "./services.ts";
 import { filter } from "./compress.ts";
@@ -138,32 +139,8 @@ export async function proveDocker(
 export async function provePodman(archive: string, expect: LoadExpectation): Promise<Check> {
   // Short path: podman refuses a runroot longer than 50 characters.
   const dir = await Deno.makeTempDir({ prefix: "cp-pm-" });
-  const storageConf = join(dir, "storage.conf");
-  await Deno.writeTextFile(
-    storageConf,
-    `[storage]\ndriver = "vfs"\ngraphroot = "${dir}/root"\nrunroot = "${dir}/runroot"\n`,
-  );
-  await Deno.mkdir(join(dir, "tmp"));
-  const podman = (args: string[]) =>
-    run("podman", [
-      "--root",
-      join(dir, "root"),
-      "--runroot",
-      join(dir, "runroot"),
-      "--tmpdir",
-      join(dir, "libpod-tmp"),
-      "--network-config-dir",
-      join(dir, "networks"),
-      "--volumepath",
-      join(dir, "volumes"),
-      "--storage-driver",
-      "vfs",
-      "--cgroup-manager",
-      "cgroupfs",
-      "--events-backend",
-      "file",
-      ...args,
-    ], { env: { CONTAINERS_STORAGE_CONF: storageConf, TMPDIR: join(dir, "tmp") } });
+  const store = await podmanStore(dir);
+  const podman = (args: string[]) => run("podman", [...store.args, ...args], { env: store.env });
   try {
     const load = await podman(["load", "--input", archive]);
     if (load.code !== 0) return failed("podman load", load);
