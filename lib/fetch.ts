@@ -27,12 +27,22 @@ import {
   Transport,
 } from "./transport.ts";
 
-/** Size of the buffer a body is read into (a BYOB reader fills up to half of it). */
-const READ_BUFFER_BYTES = 1024 * 1024;
+/** Size of the buffer a body is read into (a body read returns up to 64 KiB here). */
+const READ_BUFFER_BYTES = 128 * 1024;
+/** Size of the buffer reads are gathered in before one file write. */
+const WRITE_BUFFER_BYTES = 1024 * 1024;
+/**
+ * Longest time received bytes wait in memory for more: on a slow connection a crash then loses
+ * little (what is on disk is resumed), and progress stays current. Fast transfers fill the
+ * buffer long before.
+ */
+const MAX_GATHER_MS = 100;
 /** Emit a progress event at most this often per blob. */
 const PROGRESS_INTERVAL_MS = 200;
 /** Segments are never smaller than this: below it, a request's round trip costs more than it gains. */
 const MIN_SEGMENT_BYTES = 512 * 1024;
+/** The read-back hasher lets network reads run after this many bytes. */
+const PUMP_YIELD_BYTES = 8 * 1024 * 1024;
 /** How often resume information of a partial blob is saved. */
 const CHECKPOINT_MS = 1000;
 
@@ -61,8 +71,10 @@ export interface FetchPolicy {
   connectionCount: number;
   /** Blobs being fetched in segments right now (they share the budget fairly). */
   segmentedBlobs: number;
-  /** Free read buffers, reused by the transfers of this pull. */
+  /** Free write buffers ({@link WRITE_BUFFER_BYTES}), reused by the transfers of this pull. */
   buffers: ArrayBuffer[];
+  /** Free read buffers ({@link READ_BUFFER_BYTES}), reused likewise. */
+  readBuffers: ArrayBuffer[];
   /** Largest Range segment (blobs under 1 MiB always stream over one connection). */
   maxSegmentBytes: number;
   /** Retries per segment after a transient failure. */
@@ -157,6 +169,7 @@ export function fetchPolicy(
     connectionCount,
     segmentedBlobs: 0,
     buffers: [],
+    readBuffers: [],
     maxSegmentBytes: options.maxSegmentBytes ?? 8 * 1024 * 1024,
     retries: options.retries ?? 3,
     stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
@@ -837,29 +850,57 @@ class BlobTransfer {
     }));
     using _closer = { [Symbol.dispose]: () => files.forEach((f) => f.close()) };
     const reader = response.body.getReader({ mode: "byob" });
-    // Read buffers are reused across segments: fewer allocations, a lower peak RSS.
+    // Buffers are reused across segments: fewer allocations, a lower peak RSS.
     const pool = this.#options.policy.buffers;
-    let buffer: ArrayBuffer | undefined = pool.pop() ?? new ArrayBuffer(READ_BUFFER_BYTES);
+    const reads = this.#options.policy.readBuffers;
+    // A body read returns 16–64 KiB, and one asynchronous file write per read costs more than
+    // the write itself (512 MiB: 1.3 s in 64 KiB writes, 0.4 s in 1 MiB writes). So reads are
+    // gathered in a write buffer that goes to disk when it cannot take another read. The reads
+    // go into a buffer of their own: a BYOB read takes its buffer over, and a failed read
+    // keeps it, while what was gathered before the failure is still written (resumed from).
+    const gathered = new Uint8Array(pool.pop() ?? new ArrayBuffer(WRITE_BUFFER_BYTES));
+    let readBuffer: ArrayBuffer | undefined = reads.pop() ?? new ArrayBuffer(READ_BUFFER_BYTES);
     const limiter = this.#options.policy.rateLimiter;
+    let filled = 0;
+    let flushedAt = performance.now();
+    const flush = () => {
+      flushedAt = performance.now();
+      if (filled === 0) return;
+      const bytes = gathered.subarray(0, filled);
+      // Counted as written only once on disk (a failed write leaves nothing to flush again).
+      filled = 0;
+      const position = segment.start + segment.written;
+      for (const file of files) this.#write(file, bytes);
+      // Bytes at the hash cursor are hashed now; others wait for the pump.
+      if (position === this.#cursor && !this.#pumping) {
+        this.#hasher.update(bytes);
+        this.#cursor += bytes.byteLength;
+      }
+      segment.written += bytes.byteLength;
+      if (this.#cursor < position) this.#schedulePump();
+      this.#progress();
+      this.#maybeCheckpoint();
+    };
     try {
       for (;;) {
         let chunk: ReadableStreamReadResult<Uint8Array<ArrayBuffer>>;
         // Under a rate limit a read is allowed first (so what was received never runs ahead of
         // the limit, and progress shows the limited pace) and small (so waits stay short).
-        const remaining = segment.end - (segment.start + segment.written);
+        const remaining = segment.end - (segment.start + segment.written + filled);
         const booked = limiter && remaining > 0 ? Math.min(limiter.chunkBytes, remaining) : 0;
         if (booked > 0) {
+          flush();
           stall.pause(); // waiting for the limit is not a stall
           await limiter!.take(booked, this.#options.signal);
           stall.kick();
         }
         const view: Uint8Array<ArrayBuffer> = new Uint8Array(
-          buffer!,
+          readBuffer!,
           0,
-          limiter ? Math.max(booked, 1) : buffer!.byteLength,
+          limiter ? Math.min(readBuffer!.byteLength, Math.max(booked, 1)) : readBuffer!.byteLength,
         );
         // A BYOB read takes the buffer over; it is ours again only with the result.
-        buffer = undefined;
+        readBuffer = undefined;
         try {
           chunk = await reader.read(view);
         } catch (e) {
@@ -869,12 +910,13 @@ class BlobTransfer {
         }
         limiter?.refund(booked - (chunk.done ? 0 : chunk.value.byteLength));
         if (chunk.done) {
-          if (chunk.value) buffer = chunk.value.buffer;
+          if (chunk.value) readBuffer = chunk.value.buffer;
           break;
         }
+        readBuffer = chunk.value.buffer;
         stall.kick();
         const bytes = chunk.value;
-        const position = segment.start + segment.written;
+        const position = segment.start + segment.written + filled;
         // Never a byte past the planned member: the sinks are archive members and cache files.
         if (position + bytes.byteLength > segment.end || position + bytes.byteLength > bound) {
           if (size < 0) {
@@ -886,32 +928,40 @@ class BlobTransfer {
           }
           throw new IntegrityError(`blob ${digest}: registry sent more than ${size} bytes`);
         }
-        await Promise.all(files.map((file) => this.#write(file, bytes)));
-        // Bytes at the hash cursor are hashed now; others wait for the pump.
-        if (position === this.#cursor && !this.#pumping) {
-          this.#hasher.update(bytes);
-          this.#cursor += bytes.byteLength;
-        }
-        segment.written += bytes.byteLength;
-        buffer = bytes.buffer;
-        if (this.#cursor < position) this.#schedulePump();
-        this.#progress();
-        this.#maybeCheckpoint();
+        gathered.set(bytes, filled);
+        filled += bytes.byteLength;
+        const full = gathered.byteLength - filled < READ_BUFFER_BYTES;
+        if (full || performance.now() - flushedAt >= MAX_GATHER_MS) flush();
       }
+      flush();
     } catch (e) {
       await reader.cancel().catch(() => {});
+      // What arrived before a dropped connection or a stall is good data: once on disk, the
+      // retry resumes after it. Bytes refused above are never flushed (`filled` excludes them).
+      if (!(e instanceof IntegrityError || e instanceof InvalidContentError)) {
+        try {
+          flush();
+        } catch { /* the original failure is the one reported */ }
+      }
       throw e;
     } finally {
       reader.releaseLock();
-      if (buffer?.byteLength === READ_BUFFER_BYTES) pool.push(buffer);
+      pool.push(gathered.buffer);
+      if (readBuffer?.byteLength === READ_BUFFER_BYTES) reads.push(readBuffer);
     }
     this.#schedulePump();
   }
 
-  async #write(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  /**
+   * Writes synchronously: the bytes go to the page cache, which takes a megabyte in well under
+   * a millisecond, while an asynchronous write pays a thread hand-off that costs more than the
+   * copy (512 MiB in 1 MiB writes: 0.12 s synchronous, 0.39–1.5 s asynchronous, the more the
+   * busier the two cores).
+   */
+  #write(file: Deno.FsFile, bytes: Uint8Array): void {
     try {
       let offset = 0;
-      while (offset < bytes.byteLength) offset += await file.write(bytes.subarray(offset));
+      while (offset < bytes.byteLength) offset += file.writeSync(bytes.subarray(offset));
     } catch (e) {
       if (e instanceof ImgpullError) throw e;
       throw localIoError(e, `cannot write blob ${this.#descriptor.digest}`);
@@ -950,14 +1000,21 @@ class BlobTransfer {
     if (this.#frontier() <= this.#cursor) return;
     const sink = this.#sinks[0];
     using file = await Deno.open(sink.path, { read: true });
-    const buffer = this.#pumpBuffer ??= new Uint8Array(READ_BUFFER_BYTES);
+    const buffer = this.#pumpBuffer ??= new Uint8Array(WRITE_BUFFER_BYTES);
+    // Read synchronously (from the page cache, as written), letting the network in between.
+    let sinceYield = 0;
     for (let frontier = this.#frontier(); this.#cursor < frontier; frontier = this.#frontier()) {
-      await file.seek(sink.offset + this.#cursor, Deno.SeekMode.Start);
+      file.seekSync(sink.offset + this.#cursor, Deno.SeekMode.Start);
       const want = Math.min(buffer.byteLength, frontier - this.#cursor);
-      const n = await file.read(buffer.subarray(0, want));
+      const n = file.readSync(buffer.subarray(0, want));
       if (n === null || n === 0) break;
       this.#hasher.update(buffer.subarray(0, n));
       this.#cursor += n;
+      sinceYield += n;
+      if (sinceYield >= PUMP_YIELD_BYTES) {
+        sinceYield = 0;
+        await new Promise((resolve) => setTimeout(resolve, 0));
+      }
     }
   }
 }
