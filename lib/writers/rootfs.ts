@@ -57,7 +57,7 @@
  * @module
  */
 import { pipeline, Readable } from "node:stream";
-import { createGunzip } from "node:zlib";
+import { constants as zlibConstants, createGunzip } from "node:zlib";
 import { defaultMaxLayerBytes, zstdDecompressFrames } from "../compression.ts";
 import { DigestHasher } from "../digest.ts";
 import { ImgpullError, IntegrityError, InvalidContentError } from "../errors.ts";
@@ -120,21 +120,11 @@ export interface RootfsSummary {
 
 /** Reads a file in fresh 1 MiB chunks (consumers may keep views of them). */
 async function* readBlob(path: string, what: string): AsyncGenerator<Uint8Array> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (e) {
-    throw localIoError(e, `cannot read ${what}`);
-  }
+  const file = await openBlob(path, what);
   try {
     for (;;) {
       const chunk = new Uint8Array(MiB);
-      let n: number | null;
-      try {
-        n = await file.read(chunk);
-      } catch (e) {
-        throw localIoError(e, `cannot read ${what}`);
-      }
+      const n = await readBlobChunk(file, chunk, what);
       if (n === null) return;
       yield chunk.subarray(0, n);
     }
@@ -143,7 +133,128 @@ async function* readBlob(path: string, what: string): AsyncGenerator<Uint8Array>
   }
 }
 
-async function* gunzip(input: AsyncIterable<Uint8Array>, what: string): AsyncGenerator<Uint8Array> {
+async function openBlob(path: string, what: string): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (e) {
+    throw localIoError(e, `cannot read ${what}`);
+  }
+}
+
+async function readBlobChunk(
+  file: Deno.FsFile,
+  into: Uint8Array,
+  what: string,
+): Promise<number | null> {
+  try {
+    return await file.read(into);
+  } catch (e) {
+    throw localIoError(e, `cannot read ${what}`);
+  }
+}
+
+/** Compressed bytes read at a time by {@link gunzip}. */
+const GZIP_IN_BYTES = 256 * KiB;
+/** Uncompressed bytes {@link gunzip} yields at most at a time. */
+const GZIP_OUT_BYTES = 1 * MiB;
+
+/** The native side of a node:zlib stream (Node's binding API, which Deno's node:zlib keeps). */
+interface ZlibHandle {
+  writeSync(
+    flush: number,
+    input: Uint8Array,
+    inOffset: number,
+    inLength: number,
+    output: Uint8Array,
+    outOffset: number,
+    outLength: number,
+  ): void;
+  onerror: (message: string, errno: number, code?: string) => void;
+}
+
+/**
+ * The handle and result slots (`[availOut, availIn]`) of a fresh node:zlib
+ * gunzip, or undefined when this runtime's node:zlib has no such internals.
+ */
+function gunzipHandle(): { handle: ZlibHandle; state: Uint32Array; close(): void } | undefined {
+  const stream = createGunzip() as unknown as {
+    _handle?: Partial<ZlibHandle>;
+    _writeState?: unknown;
+    close(): void;
+  };
+  const handle = stream._handle;
+  const state = stream._writeState;
+  if (
+    typeof handle?.writeSync !== "function" || !(state instanceof Uint32Array) ||
+    state.length < 2
+  ) {
+    stream.close();
+    return undefined;
+  }
+  return { handle: handle as ZlibHandle, state, close: () => stream.close() };
+}
+
+function gzipError(what: string, message: string, cause?: unknown): InvalidContentError {
+  return new InvalidContentError(`cannot decompress ${what} (gzip): ${message}`, { cause });
+}
+
+/**
+ * Decompresses a gzip blob (any number of members, as node:zlib's Gunzip
+ * reads them). Yields views into one reused buffer: a chunk is valid only
+ * until the next one is asked for. Reading and output buffers live as long
+ * as the layer: the stream API's fresh buffer per output chunk made the
+ * process grow by tens of MB of garbage per layer before V8 collected it.
+ */
+async function* gunzip(path: string, what: string): AsyncGenerator<Uint8Array> {
+  const zlib = gunzipHandle();
+  if (!zlib) {
+    yield* gunzipStream(readBlob(path, what), what);
+    return;
+  }
+  let failure: string | undefined;
+  // Called synchronously from writeSync; replaces the stream's handler (we never use the stream).
+  zlib.handle.onerror = (message) => {
+    failure ??= message;
+  };
+  const file = await openBlob(path, what);
+  try {
+    const input = new Uint8Array(GZIP_IN_BYTES);
+    const output = new Uint8Array(GZIP_OUT_BYTES);
+    for (let ended = false; !ended;) {
+      const n = await readBlobChunk(file, input, what);
+      const flush = n === null ? zlibConstants.Z_FINISH : zlibConstants.Z_NO_FLUSH;
+      let at = 0;
+      let left = n ?? 0;
+      for (;;) {
+        try {
+          zlib.handle.writeSync(flush, input, at, left, output, 0, output.byteLength);
+        } catch (e) {
+          throw gzipError(what, (e as Error).message, e);
+        }
+        if (failure !== undefined) throw gzipError(what, failure);
+        const [availOut, availIn] = zlib.state;
+        at += left - availIn;
+        left = availIn;
+        const produced = output.byteLength - availOut;
+        if (produced > 0) yield output.subarray(0, produced);
+        if (availOut === 0) continue; // the output filled up: more may be pending
+        // Input left over with room to spare: the stream ended (as node:zlib ends, e.g. at
+        // trailing NUL padding); the rest of the blob is not read.
+        if (left > 0 || n === null) ended = true;
+        break;
+      }
+    }
+  } finally {
+    file.close();
+    zlib.close();
+  }
+}
+
+/** gzip through the node:zlib stream API (fresh buffers): for runtimes without the handle. */
+async function* gunzipStream(
+  input: AsyncIterable<Uint8Array>,
+  what: string,
+): AsyncGenerator<Uint8Array> {
   const source = Readable.from(input, { objectMode: false });
   const inflater = createGunzip({ chunkSize: 256 * KiB });
   const output = pipeline(source, inflater, () => {});
@@ -151,27 +262,27 @@ async function* gunzip(input: AsyncIterable<Uint8Array>, what: string): AsyncGen
     for await (const chunk of output) yield chunk as Uint8Array;
   } catch (e) {
     if (e instanceof ImgpullError) throw e;
-    throw new InvalidContentError(`cannot decompress ${what} (gzip): ${(e as Error).message}`, {
-      cause: e,
-    });
+    throw gzipError(what, (e as Error).message, e);
   } finally {
     source.destroy();
     inflater.destroy();
   }
 }
 
-/** The uncompressed tar stream of a layer blob. */
+/**
+ * The uncompressed tar stream of a layer blob. A chunk may be a view into a
+ * buffer that is reused for the next one: copy what you keep.
+ */
 export function layerStream(layer: RootfsLayer, what = `layer ${layer.path}`): AsyncGenerator<
   Uint8Array
 > {
-  const raw = readBlob(layer.path, what);
   switch (layer.compression) {
     case "none":
-      return raw;
+      return readBlob(layer.path, what);
     case "gzip":
-      return gunzip(raw, what);
+      return gunzip(layer.path, what);
     case "zstd":
-      return zstdDecompressFrames(raw, `cannot decompress ${what} (zstd)`);
+      return zstdDecompressFrames(readBlob(layer.path, what), `cannot decompress ${what} (zstd)`);
   }
 }
 
@@ -584,35 +695,59 @@ function padding(size: number): number {
   return (BLOCK - (size % BLOCK)) % BLOCK;
 }
 
-/** Coalesces small writes (headers) into 1 MiB writes; big content chunks go straight through. */
+/**
+ * Where {@link writeRootfs} can write besides a stream: a file (a
+ * `Deno.FsFile` is one). Unlike a stream, it does not keep what it is given
+ * once `write` resolves (Deno's writer contract), so one output buffer
+ * serves the whole tar and no garbage piles up.
+ */
+export interface RootfsSink {
+  /** Writes some of `p` (at least one byte), resolving with how many. */
+  write(p: Uint8Array): Promise<number>;
+  close(): void;
+}
+
+/**
+ * Copies everything into 1 MiB blocks and writes whole blocks: the layer
+ * streams reuse their buffers. A stream gets a fresh block each time (it may
+ * keep what it is given); a sink gets the same block again.
+ */
 class TarOutput {
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #buffer = new Uint8Array(MiB);
+  readonly #write: (block: Uint8Array) => Promise<void>;
+  readonly #reuse: boolean;
+  #buffer = new Uint8Array(MiB);
   #used = 0;
   written = 0;
 
-  constructor(writer: WritableStreamDefaultWriter<Uint8Array>) {
-    this.#writer = writer;
+  constructor(output: { stream: WritableStreamDefaultWriter<Uint8Array> } | { sink: RootfsSink }) {
+    if ("stream" in output) {
+      this.#write = (block) => output.stream.write(block);
+      this.#reuse = false;
+    } else {
+      this.#write = async (block) => {
+        for (let at = 0; at < block.byteLength;) at += await output.sink.write(block.subarray(at));
+      };
+      this.#reuse = true;
+    }
   }
 
   async #flush(): Promise<void> {
     if (this.#used === 0) return;
-    const bytes = this.#buffer.slice(0, this.#used);
+    const block = this.#buffer.subarray(0, this.#used);
+    if (!this.#reuse) this.#buffer = new Uint8Array(MiB);
     this.#used = 0;
-    await this.#writer.write(bytes);
+    await this.#write(block);
   }
 
   async write(bytes: Uint8Array): Promise<void> {
     this.written += bytes.byteLength;
-    const direct = bytes.byteLength >= 64 * KiB;
-    // Buffered bytes always go first.
-    if (direct || bytes.byteLength > this.#buffer.byteLength - this.#used) await this.#flush();
-    if (direct) {
-      await this.#writer.write(bytes);
-      return;
+    for (let at = 0; at < bytes.byteLength;) {
+      const n = Math.min(bytes.byteLength - at, this.#buffer.byteLength - this.#used);
+      this.#buffer.set(bytes.subarray(at, at + n), this.#used);
+      this.#used += n;
+      at += n;
+      if (this.#used === this.#buffer.byteLength) await this.#flush();
     }
-    this.#buffer.set(bytes, this.#used);
-    this.#used += bytes.byteLength;
   }
 
   async finish(): Promise<void> {
@@ -843,9 +978,14 @@ async function emitLayer(
 /**
  * Flattens `layers` (bottom first) into a tar of the root filesystem,
  * written to `output`. Pass 1 checks everything before the first byte is
- * written; on any failure `output` is aborted (write to a temporary file
- * and rename it when this resolves, as the docker-archive writer does). On
- * success `output` is closed.
+ * written; on any failure a stream is aborted, a sink closed (write to a
+ * temporary file and rename it when this resolves, as the docker-archive
+ * writer does). On success `output` is closed.
+ *
+ * Give a file as a {@link RootfsSink} (`Deno.FsFile`) rather than its
+ * `writable`: a stream may keep every block it is given, so each 1 MiB
+ * block is a fresh one, and the process grows by tens of MB of them before
+ * they are collected; a sink reuses one.
  *
  * Cost: each layer is decompressed once to plan, and once more if it
  * contributes surviving files, links or special files; no disk is used
@@ -854,14 +994,16 @@ async function emitLayer(
  */
 export async function writeRootfs(
   layers: readonly RootfsLayer[],
-  output: WritableStream<Uint8Array>,
+  output: WritableStream<Uint8Array> | RootfsSink,
   options: RootfsOptions = {},
 ): Promise<RootfsSummary> {
-  const writer = output.getWriter();
+  const writer = output instanceof WritableStream ? output.getWriter() : undefined;
+  const sink = writer ? undefined : output as RootfsSink;
+  let closed = false;
   try {
     const plan = await planRootfs(layers, options);
     const actions = plan.actions(layers.length);
-    const out = new TarOutput(writer);
+    const out = new TarOutput(writer ? { stream: writer } : { sink: sink! });
     const emitter = new Emitter(out);
     let layersReread = 0;
     for (const [index, layer] of layers.entries()) {
@@ -871,7 +1013,9 @@ export async function writeRootfs(
     }
     await emitter.remainingDirectories(plan.root);
     await out.finish();
-    await writer.close();
+    closed = true;
+    if (writer) await writer.close();
+    else sink!.close();
     return {
       entries: emitter.entries,
       contentBytes: emitter.contentBytes,
@@ -879,7 +1023,12 @@ export async function writeRootfs(
       layersReread,
     };
   } catch (e) {
-    await writer.abort(e).catch(() => {});
+    if (writer) await writer.abort(e).catch(() => {});
+    else if (!closed) {
+      try {
+        sink!.close();
+      } catch { /* closed already */ }
+    }
     throw e;
   }
 }

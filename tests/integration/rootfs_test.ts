@@ -86,10 +86,11 @@ async function pushFeatureImage(registryUrl: string, repo: string): Promise<Push
   };
 }
 
+/** Flattens into a file given as the sink (as pulls write it); writeRootfs closes it. */
 async function flattenToFile(layers: RootfsLayer[], out: string): Promise<unknown> {
   const file = await Deno.open(out, { write: true, createNew: true });
   try {
-    await writeRootfs(layers, file.writable);
+    await writeRootfs(layers, file);
     return undefined;
   } catch (e) {
     return e;

@@ -50,25 +50,29 @@ async function flatten(
   layers: Layer[],
   options: RootfsOptions & { compression?: Compression; diffIds?: boolean } = {},
 ): Promise<Flattened> {
+  const compression = options.compression ?? "none";
+  return await flattenBlobs(
+    layers.map((layer) => {
+      const tar = Array.isArray(layer) ? buildTar(layer) : layer;
+      const blob = compression === "gzip" ? gzip(tar) : compression === "zstd" ? zstd(tar, 3) : tar;
+      return { blob, compression, diffId: options.diffIds ? digestOf(tar) : undefined };
+    }),
+    options,
+  );
+}
+
+/** Flattens layer blobs given as they are stored (compressed or not). */
+async function flattenBlobs(
+  layers: { blob: Uint8Array; compression: Compression; diffId?: string }[],
+  options: RootfsOptions = {},
+): Promise<Flattened> {
   const dir = await Deno.makeTempDir({ prefix: "imgpull-rootfs-unit-" });
   try {
-    const compression = options.compression ?? "none";
     const blobs: RootfsLayer[] = [];
     for (const [i, layer] of layers.entries()) {
-      const tar = Array.isArray(layer) ? buildTar(layer) : layer;
-      const bytes = compression === "gzip"
-        ? gzip(tar)
-        : compression === "zstd"
-        ? zstd(tar, 3)
-        : tar;
       const path = join(dir, `layer${i}`);
-      await Deno.writeFile(path, bytes);
-      blobs.push({
-        path,
-        compression,
-        label: `l${i}`,
-        diffId: options.diffIds ? digestOf(tar) : undefined,
-      });
+      await Deno.writeFile(path, layer.blob);
+      blobs.push({ path, compression: layer.compression, label: `l${i}`, diffId: layer.diffId });
     }
     const chunks: Uint8Array[] = [];
     let aborted = false;
@@ -404,6 +408,124 @@ Deno.test("rootfs: big files stream through in order, between small entries", as
       big: digestOf(big),
       small2: digestOf(new TextEncoder().encode("b")),
     });
+  }
+});
+
+/** Content of `n` bytes that compresses a little (and so spans many decompressor outputs). */
+function mixed(n: number): Uint8Array<ArrayBuffer> {
+  let x = 2463534242;
+  return new Uint8Array(n).map((_, i) => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return i % 4096 < 2048 ? 0x61 : x & 0xff;
+  });
+}
+
+Deno.test("rootfs: gzip members back to back and trailing NUL padding read as node:zlib reads them", async () => {
+  const big = mixed(5 * 1024 * 1024 + 3);
+  const tar = buildTar([{ name: "small", content: "s" }, { name: "big", content: big }]);
+  const plain = await flatten([tar]);
+  assert.ifError(plain.error);
+  // Two members: the tar cut in the middle of the big file's content.
+  const cut = 3 * 1024 * 1024 + 1;
+  const members = concat([gzip(tar.subarray(0, cut)), gzip(tar.subarray(cut))]);
+  const padded = concat([gzip(tar), new Uint8Array(10_000)]);
+  for (const [what, blob] of [["members", members], ["padded", padded]] as const) {
+    const result = await flattenBlobs([{ blob, compression: "gzip", diffId: digestOf(tar) }]);
+    assert.equal(result.error, undefined, `${what}: ${result.error}`);
+    assert.deepEqual(result.tar, plain.tar, what);
+  }
+});
+
+Deno.test("rootfs: damaged gzip layers are refused before anything is written", async () => {
+  const tar = buildTar([{ name: "a", content: mixed(3 * 1024 * 1024) }, {
+    name: "b",
+    content: "b",
+  }]);
+  const good = gzip(tar);
+  const flip = (at: number) => {
+    const bytes = good.slice();
+    for (let i = at; i < at + 64; i++) bytes[i] ^= 0x5a;
+    return bytes;
+  };
+  const damaged: [string, Uint8Array, RegExp][] = [
+    ["corrupt early", flip(2000), /cannot decompress layer 1 \(l0\) \(gzip\)/],
+    ["corrupt late", flip(good.byteLength - 3000), /\(gzip\)/],
+    ["bad CRC", flip(good.byteLength - 8), /\(gzip\): incorrect data check/],
+    ["truncated", good.subarray(0, good.byteLength - 5000), /\(gzip\): unexpected end of file/],
+    ["trailer missing", good.subarray(0, good.byteLength - 8), /unexpected end of file/],
+    ["trailing garbage", concat([good, new Uint8Array([1, 2, 3, 4])]), /incorrect header check/],
+    ["not gzip", new TextEncoder().encode("plain text, not gzip"), /incorrect header check/],
+    ["empty", new Uint8Array(0), /unexpected end of file/],
+  ];
+  for (const [what, blob, message] of damaged) {
+    // With its diff_id (as pulls give it) the whole stream is read in pass 1.
+    const result = await flattenBlobs([{ blob, compression: "gzip", diffId: digestOf(tar) }]);
+    assert.ok(result.error instanceof InvalidContentError, `${what}: ${result.error}`);
+    assert.match((result.error as Error).message, message, what);
+    assert.equal(result.tar.byteLength, 0, `${what}: bytes were written`);
+    assert.ok(result.aborted, `${what}: output not aborted`);
+  }
+});
+
+Deno.test("rootfs: output chunks handed to the stream are never changed afterwards", async () => {
+  // The layer streams reuse their buffers; what the output was given must stay as it was.
+  const dir = await Deno.makeTempDir({ prefix: "imgpull-rootfs-unit-" });
+  try {
+    const files = Array.from({ length: 6 }, (_, i) => ({
+      name: `f${i}`,
+      content: mixed(700 * 1024 + i * 333),
+    }));
+    const path = join(dir, "l");
+    await Deno.writeFile(path, gzip(buildTar(files)));
+    const kept: Uint8Array[] = [];
+    const copies: Uint8Array[] = [];
+    const stream = new WritableStream<Uint8Array>({
+      write(chunk) {
+        kept.push(chunk);
+        copies.push(chunk.slice());
+      },
+    });
+    await writeRootfs([{ path, compression: "gzip" }], stream);
+    assert.ok(kept.length > 2);
+    assert.deepEqual(concat(kept), concat(copies));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("rootfs: a file given as a sink gets the same tar, and is closed on success and failure", async () => {
+  const layers = [...featureLayers(), [{ name: "big", content: mixed(2 * 1024 * 1024 + 5) }]];
+  const viaStream = await flatten(layers, { compression: "gzip" });
+  assert.ifError(viaStream.error);
+  const dir = await Deno.makeTempDir({ prefix: "imgpull-rootfs-unit-" });
+  try {
+    const blobs: RootfsLayer[] = [];
+    for (const [i, layer] of layers.entries()) {
+      const path = join(dir, `layer${i}`);
+      await Deno.writeFile(path, gzip(buildTar(layer)));
+      blobs.push({ path, compression: "gzip" });
+    }
+    const out = join(dir, "out.tar");
+    const file = await Deno.open(out, { write: true, createNew: true });
+    const summary = await writeRootfs(blobs, file);
+    assert.throws(() => file.close(), Deno.errors.BadResource);
+    assert.deepEqual(await Deno.readFile(out), viaStream.tar);
+    assert.equal(summary.tarBytes, viaStream.tar.byteLength);
+
+    const bad = join(dir, "bad");
+    await Deno.writeFile(bad, buildTar([{ name: "../x", content: "x" }]));
+    const refused = join(dir, "refused.tar");
+    const second = await Deno.open(refused, { write: true, createNew: true });
+    await assert.rejects(
+      writeRootfs([{ path: bad, compression: "none" }], second),
+      InvalidContentError,
+    );
+    assert.throws(() => second.close(), Deno.errors.BadResource);
+    assert.equal((await Deno.stat(refused)).size, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
