@@ -17,6 +17,7 @@ import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import { isLoopbackRegistry } from "./reference.ts";
 import { StallTimer, withRetries } from "./retry.ts";
+import { planSegments, type Segment, SegmentScheduler } from "./segments.ts";
 import { Semaphore } from "./semaphore.ts";
 import { type BlobStore, localIoError, type PartialState } from "./store.ts";
 import {
@@ -41,6 +42,10 @@ const MAX_GATHER_MS = 100;
 const PROGRESS_INTERVAL_MS = 200;
 /** Segments are never smaller than this: below it, a request's round trip costs more than it gains. */
 const MIN_SEGMENT_BYTES = 512 * 1024;
+/** Neither half of a segment split at the tail is smaller than this. */
+const MIN_SPLIT_BYTES = 256 * 1024;
+/** How often an idle connection looks for a tail to split. */
+const SPLIT_POLL_MS = 50;
 /** The read-back hasher lets network reads run after this many bytes. */
 const PUMP_YIELD_BYTES = 8 * 1024 * 1024;
 /** How often resume information of a partial blob is saved. */
@@ -187,14 +192,6 @@ export interface DownloadOptions {
   signal?: AbortSignal;
   onEvent?: PullEventSink;
   index?: number;
-}
-
-/** A contiguous byte range of a blob and how much of it is on disk. */
-interface Segment {
-  start: number;
-  /** Exclusive. */
-  end: number;
-  written: number;
 }
 
 /** Thrown inside a transfer when a server answers a Range request with the whole blob. */
@@ -504,20 +501,26 @@ async function createEmpty(path: string): Promise<void> {
   }
 }
 
-/** Splits `size` bytes into segments for `connections` connections. */
-export function planSegments(size: number, policy: FetchPolicy): Segment[] {
-  if (policy.connectionCount === 1 || size < 2 * MIN_SEGMENT_BYTES) {
-    return [{ start: 0, end: size, written: 0 }];
-  }
-  const segmentBytes = Math.min(
-    policy.maxSegmentBytes,
-    Math.max(MIN_SEGMENT_BYTES, Math.ceil(size / policy.connectionCount)),
-  );
-  const segments: Segment[] = [];
-  for (let start = 0; start < size; start += segmentBytes) {
-    segments.push({ start, end: Math.min(size, start + segmentBytes), written: 0 });
-  }
-  return segments;
+/** Splits `size` bytes into segments for the policy's connections (see {@link planSegments}). */
+function initialSegments(size: number, policy: FetchPolicy): Segment[] {
+  return planSegments(size, {
+    connections: policy.connectionCount,
+    maxSegmentBytes: policy.maxSegmentBytes,
+    minSegmentBytes: MIN_SEGMENT_BYTES,
+  });
+}
+
+/** Waits `ms`, or less when `signal` aborts (never rejects). */
+function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 /** Parses `Content-Range: bytes a-b/total`. */
@@ -602,7 +605,7 @@ class BlobTransfer {
     const { size, digest } = this.#descriptor;
     this.#segments = this.#resume ??
       (size >= 0
-        ? planSegments(size, this.#options.policy)
+        ? initialSegments(size, this.#options.policy)
         : [{ start: 0, end: Infinity, written: 0 }]);
     // Bytes a previous run left on disk are hashed first, from the file.
     this.#schedulePump();
@@ -663,7 +666,8 @@ class BlobTransfer {
     const signal = this.#options.signal
       ? AbortSignal.any([this.#options.signal, stop.signal])
       : stop.signal;
-    const queue = this.#segments.filter((s) => s.start + s.written < s.end);
+    // Hands out the segments, and at the tail splits the one that would finish last.
+    const scheduler = new SegmentScheduler(this.#segments, { minSplitBytes: MIN_SPLIT_BYTES });
     const fairShare = () =>
       Math.max(1, Math.ceil(policy.connectionCount / Math.max(1, policy.segmentedBlobs)));
     const workers: Promise<void>[] = [];
@@ -672,15 +676,21 @@ class BlobTransfer {
     let running = 0;
     const worker = async () => {
       for (;;) {
-        if (signal.aborted || queue.length === 0) {
+        let segment = signal.aborted ? undefined : scheduler.take(performance.now());
+        // Nothing queued: an idle connection waits for a tail worth splitting, until the
+        // last active segment ends.
+        while (!segment && scheduler.active > 0 && !signal.aborted) {
+          await abortableDelay(SPLIT_POLL_MS, signal);
+          segment = signal.aborted ? undefined : scheduler.take(performance.now());
+        }
+        if (!segment) {
           running--;
           return;
         }
-        const segment = queue.shift()!;
         try {
           await this.#withRetries(
             segment,
-            (s) => this.#fetchSegment(s, true, signal),
+            (s) => this.#fetchSegment(s, true, signal, scheduler),
             signal,
           );
         } catch (e) {
@@ -696,7 +706,7 @@ class BlobTransfer {
       }
     };
     const grow = () => {
-      while (running < fairShare() && queue.length > running && !signal.aborted) {
+      while (running < fairShare() && scheduler.queued > running && !signal.aborted) {
         running++;
         workers.push(worker());
       }
@@ -704,7 +714,7 @@ class BlobTransfer {
     policy.segmentedBlobs++;
     try {
       // Until every segment is fetched (or one failed); workers may retire or spawn others.
-      while (queue.length > 0 && !signal.aborted) {
+      while (scheduler.queued > 0 && !signal.aborted) {
         running++;
         workers.push(worker());
         grow();
@@ -753,13 +763,19 @@ class BlobTransfer {
    * Fetches what is missing of one segment under a connection permit. With
    * `ranged` false the segment is the whole blob and a plain GET is used
    * unless it is being resumed. A transfer that receives nothing for the
-   * stall timeout is aborted with a retryable error.
+   * stall timeout is aborted with a retryable error. The `scheduler` (segmented
+   * blobs) hears of the segment's progress, and may cut its end short.
    */
-  #fetchSegment(segment: Segment, ranged: boolean, signal?: AbortSignal): Promise<void> {
+  #fetchSegment(
+    segment: Segment,
+    ranged: boolean,
+    signal?: AbortSignal,
+    scheduler?: SegmentScheduler,
+  ): Promise<void> {
     if (segment.start + segment.written === segment.end) return Promise.resolve();
     // Small blobs skip the budget: they are over in a round trip, and must not
     // queue behind the segments of large ones.
-    const small = segment.end - segment.start < MIN_SEGMENT_BYTES;
+    const small = !ranged && segment.end - segment.start < MIN_SEGMENT_BYTES;
     const withPermit = small
       ? (task: () => Promise<void>) => task()
       : (task: () => Promise<void>) => this.#options.policy.connections.run(task);
@@ -776,10 +792,12 @@ class BlobTransfer {
             ranged,
             stall,
             outer ? AbortSignal.any([outer, stall.signal]) : stall.signal,
+            scheduler,
           );
           if (!restarted) return;
         } finally {
           stall.clear();
+          scheduler?.ended(segment);
         }
       }
     });
@@ -791,21 +809,25 @@ class BlobTransfer {
     ranged: boolean,
     stall: StallTimer,
     signal: AbortSignal,
+    scheduler?: SegmentScheduler,
   ): Promise<boolean> {
     const digest = this.#descriptor.digest;
     const from = segment.start + segment.written;
+    // What is asked for: the segment's end may move down meanwhile (its tail split off).
+    const requestedEnd = segment.end;
     const useRange = ranged || segment.written > 0;
+    scheduler?.began(segment, performance.now());
     const response = await this.#client.openBlob(digest, {
       signal,
       range: useRange
-        ? { start: from, end: Number.isFinite(segment.end) ? segment.end - 1 : undefined }
+        ? { start: from, end: Number.isFinite(requestedEnd) ? requestedEnd - 1 : undefined }
         : undefined,
     });
     if (useRange) {
       const range = response.status === 206 ? contentRange(response) : null;
       const total = this.#descriptor.size;
       const matches = range !== null && range.start === from &&
-        (!Number.isFinite(segment.end) || range.end === segment.end) &&
+        (!Number.isFinite(requestedEnd) || range.end === requestedEnd) &&
         (range.total === undefined || total < 0 || range.total === total);
       if (!matches) {
         await response.body?.cancel();
@@ -816,7 +838,7 @@ class BlobTransfer {
         return true;
       }
     }
-    const expected = segment.end - from;
+    const expected = requestedEnd - from;
     const declared = response.headers.get("content-length");
     if (Number.isFinite(expected) && declared !== null && Number(declared) !== expected) {
       await response.body?.cancel();
@@ -824,7 +846,7 @@ class BlobTransfer {
         `blob ${digest}: registry announced ${declared} bytes, expected ${expected}`,
       );
     }
-    await this.#consume(response, segment, stall);
+    await this.#consume(response, segment, stall, requestedEnd, scheduler);
     // The body ended cleanly (a dropped connection errors the stream instead):
     // the server sent a complete message of the wrong size.
     if (Number.isFinite(segment.end) && segment.start + segment.written !== segment.end) {
@@ -836,7 +858,18 @@ class BlobTransfer {
     return false;
   }
 
-  async #consume(response: Response, segment: Segment, stall: StallTimer): Promise<void> {
+  /**
+   * Streams a response body into the sinks at the segment's place. Bytes past `requestedEnd`
+   * are the registry's fault; bytes past the segment's current end (its tail was split off for
+   * another connection) are not written, and the body is left there.
+   */
+  async #consume(
+    response: Response,
+    segment: Segment,
+    stall: StallTimer,
+    requestedEnd: number,
+    scheduler?: SegmentScheduler,
+  ): Promise<void> {
     const { digest, size } = this.#descriptor;
     if (!response.body) return;
     const bound = size >= 0
@@ -862,6 +895,7 @@ class BlobTransfer {
     let readBuffer: ArrayBuffer | undefined = reads.pop() ?? new ArrayBuffer(READ_BUFFER_BYTES);
     const limiter = this.#options.policy.rateLimiter;
     let filled = 0;
+    let cut = false;
     let flushedAt = performance.now();
     const flush = () => {
       flushedAt = performance.now();
@@ -918,7 +952,7 @@ class BlobTransfer {
         const bytes = chunk.value;
         const position = segment.start + segment.written + filled;
         // Never a byte past the planned member: the sinks are archive members and cache files.
-        if (position + bytes.byteLength > segment.end || position + bytes.byteLength > bound) {
+        if (position + bytes.byteLength > requestedEnd || position + bytes.byteLength > bound) {
           if (size < 0) {
             throw new InvalidContentError(
               `blob ${digest} (size not announced) is larger than ${formatBytes(bound)}; ` +
@@ -928,12 +962,21 @@ class BlobTransfer {
           }
           throw new IntegrityError(`blob ${digest}: registry sent more than ${size} bytes`);
         }
-        gathered.set(bytes, filled);
-        filled += bytes.byteLength;
+        // The segment's tail went to another connection: keep what is ours and stop.
+        const ours = Math.max(0, Math.min(bytes.byteLength, segment.end - position));
+        gathered.set(ours < bytes.byteLength ? bytes.subarray(0, ours) : bytes, filled);
+        filled += ours;
+        scheduler?.progressed(segment, segment.written + filled, performance.now());
+        if (ours < bytes.byteLength) {
+          cut = true;
+          break;
+        }
         const full = gathered.byteLength - filled < READ_BUFFER_BYTES;
         if (full || performance.now() - flushedAt >= MAX_GATHER_MS) flush();
       }
       flush();
+      // The rest of the body is another connection's now; this connection closes.
+      if (cut) await reader.cancel().catch(() => {});
     } catch (e) {
       await reader.cancel().catch(() => {});
       // What arrived before a dropped connection or a stall is good data: once on disk, the

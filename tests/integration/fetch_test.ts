@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { digestOf } from "../../lib/digest.ts";
 import { IntegrityError, InvalidContentError, NetworkError } from "../../lib/errors.ts";
-import { downloadBlob, fetchPolicy, planSegments } from "../../lib/fetch.ts";
+import { downloadBlob, fetchPolicy } from "../../lib/fetch.ts";
 import type { Descriptor } from "../../lib/manifest.ts";
 import { RegistryClient } from "../../lib/registry.ts";
 import { BlobStore } from "../../lib/store.ts";
@@ -53,25 +53,6 @@ async function withFault(
 }
 
 const isBlobRequest = (r: { path: string }) => r.path.includes("/blobs/");
-
-Deno.test("fetch: planSegments covers the blob exactly, within the size bounds", () => {
-  const policy = fetchPolicy({ connections: 16, maxSegmentBytes: 8 * MiB });
-  for (const size of [0, 1, 8 * MiB, 8 * MiB + 1, 25_000_000, 512 * MiB + 7]) {
-    const segments = planSegments(size, policy);
-    assert.equal(segments[0].start, 0);
-    assert.equal(segments[segments.length - 1].end, size);
-    for (let i = 1; i < segments.length; i++) assert.equal(segments[i].start, segments[i - 1].end);
-    if (segments.length > 1) {
-      assert.ok(segments.every((s) => s.end - s.start <= 8 * MiB));
-      assert.ok(segments.slice(0, -1).every((s) => s.end - s.start >= MiB / 2));
-    }
-  }
-  assert.equal(planSegments(3 * MiB, policy).length, 6, "medium blobs use several connections");
-  assert.equal(planSegments(MiB - 1, policy).length, 1, "small blobs stream whole");
-  assert.equal(planSegments(512 * MiB, fetchPolicy({ connections: 1 })).length, 1);
-  assert.equal(planSegments(25_000_000, policy).length, 16);
-  assert.equal(planSegments(512 * MiB, policy).length, 64);
-});
 
 Deno.test("fetch: a large blob arrives in Range segments and verifies", async () => {
   await withFault(undefined, async ({ client, store, requests }) => {
@@ -315,5 +296,67 @@ Deno.test("fetch: a descriptor larger than --max-layer-size is refused before an
       (e) => e instanceof InvalidContentError && /more than the limit of 5 MiB/.test(e.message),
     );
     assert.equal(requests.filter(isBlobRequest).length, 0);
+  });
+});
+
+Deno.test("fetch: a slow segment's tail is split off for a connection that is idle", async () => {
+  // The request for the first segment (from byte 0) trickles: 64 KiB every 50 ms; the rest
+  // comes at once. Idle connections take the second half of what it has left, repeatedly.
+  const slow: FaultHandler = (_req, ctx) => {
+    if (!ctx.bytes || ctx.range?.start !== 0) return undefined;
+    const end = Math.min((ctx.range.end ?? Infinity) + 1, ctx.bytes.byteLength);
+    let at = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let wake = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (at >= end) return controller.close();
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          timer = setTimeout(resolve, 50);
+        });
+        if (timer === undefined) return; // cancelled meanwhile
+        controller.enqueue(ctx.bytes!.slice(at, Math.min(end, at + 64 * 1024)));
+        at += 64 * 1024;
+      },
+      cancel() {
+        // The client left (its tail went to another connection): no timer outlives the test.
+        clearTimeout(timer);
+        timer = undefined;
+        wake();
+      },
+    });
+    return new Response(body, {
+      status: 206,
+      headers: {
+        "content-length": String(end),
+        "content-range": `bytes 0-${end - 1}/${ctx.bytes.byteLength}`,
+      },
+    });
+  };
+  await withFault(slow, async ({ client, store, requests }) => {
+    const output = `${store.root}/tmp/archive`;
+    await Deno.writeFile(output, new Uint8Array(100 + BLOB.byteLength + 100).fill(0xee));
+    // 10 MiB in 4 segments of 2.5 MiB: alone, the first would take 2 s.
+    const policy = fetchPolicy({ connections: 4, maxSegmentBytes: 4 * MiB, retries: 0 });
+    const started = performance.now();
+    await downloadBlob(client, DESCRIPTOR, store, {
+      policy,
+      output: { path: output, offset: 100 },
+    });
+    const elapsed = performance.now() - started;
+    const bytes = await Deno.readFile(output);
+    assert.deepEqual(bytes.subarray(100, 100 + BLOB.byteLength), BLOB);
+    assert.ok(bytes.subarray(0, 100).every((b) => b === 0xee), "nothing before the member");
+    assert.ok(bytes.subarray(100 + BLOB.byteLength).every((b) => b === 0xee), "nothing after");
+    const starts = requests.filter(isBlobRequest).map((r) =>
+      Number(/bytes=(\d+)-/.exec(r.range ?? "")?.[1])
+    );
+    const firstEnd = Math.ceil(BLOB.byteLength / 4);
+    assert.ok(
+      starts.some((s) => s > 0 && s < firstEnd),
+      `a request starts inside the slow segment: ${starts}`,
+    );
+    assert.ok(elapsed < 1500, `took ${Math.round(elapsed)} ms`);
   });
 });
