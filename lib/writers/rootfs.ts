@@ -118,12 +118,16 @@ export interface RootfsSummary {
 // ---------------------------------------------------------------------------
 // Layer streams
 
-/** Reads a file in fresh 1 MiB chunks (consumers may keep views of them). */
-async function* readBlob(path: string, what: string): AsyncGenerator<Uint8Array> {
+/**
+ * Reads a file in 1 MiB chunks: fresh ones when the consumer may keep them
+ * (zstd's decompressor stream), else one reused buffer.
+ */
+async function* readBlob(path: string, what: string, fresh: boolean): AsyncGenerator<Uint8Array> {
   const file = await openBlob(path, what);
+  const buffer = new Uint8Array(MiB);
   try {
     for (;;) {
-      const chunk = new Uint8Array(MiB);
+      const chunk = fresh ? new Uint8Array(MiB) : buffer;
       const n = await readBlobChunk(file, chunk, what);
       if (n === null) return;
       yield chunk.subarray(0, n);
@@ -208,7 +212,7 @@ function gzipError(what: string, message: string, cause?: unknown): InvalidConte
 async function* gunzip(path: string, what: string): AsyncGenerator<Uint8Array> {
   const zlib = gunzipHandle();
   if (!zlib) {
-    yield* gunzipStream(readBlob(path, what), what);
+    yield* gunzipStream(readBlob(path, what, true), what);
     return;
   }
   let failure: string | undefined;
@@ -278,11 +282,14 @@ export function layerStream(layer: RootfsLayer, what = `layer ${layer.path}`): A
 > {
   switch (layer.compression) {
     case "none":
-      return readBlob(layer.path, what);
+      return readBlob(layer.path, what, false);
     case "gzip":
       return gunzip(layer.path, what);
     case "zstd":
-      return zstdDecompressFrames(readBlob(layer.path, what), `cannot decompress ${what} (zstd)`);
+      return zstdDecompressFrames(
+        readBlob(layer.path, what, true),
+        `cannot decompress ${what} (zstd)`,
+      );
   }
 }
 
