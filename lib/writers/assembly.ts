@@ -149,6 +149,9 @@ export async function removeAbandonedArchives(destination: string): Promise<numb
   return removed;
 }
 
+/** A copy from the cache lets other work run after this many bytes. */
+const YIELD_BYTES = 8 * 1024 * 1024;
+
 /**
  * Copies the stored blob at `sourcePath` into `out` at `offset`, hashing every byte; writes at
  * most `size` bytes.
@@ -177,12 +180,21 @@ export async function copyVerified(
     const info = await source.stat();
     identity = { dev: info.dev, ino: info.ino };
     const buffer = new Uint8Array(1024 * 1024);
+    // Reads are synchronous (as the writes of a file output are): from the page cache a
+    // megabyte takes far less than an asynchronous read's thread hand-off (537 MB copied
+    // from the cache: 2.85 s before). Other work (downloads, signals) runs between chunks.
+    let sinceYield = 0;
     for (;;) {
       if (signal?.aborted) {
         throw signal.reason instanceof ImgpullError ? signal.reason : new InterruptedError();
       }
-      const n = await source.read(buffer);
+      if (sinceYield >= YIELD_BYTES) {
+        sinceYield = 0;
+        await new Promise((resolve) => setTimeout(resolve, 0));
+      }
+      const n = source.readSync(buffer);
       if (n === null) break;
+      sinceYield += n;
       const chunk = buffer.subarray(0, n);
       // Only what fits is written; the rest is hashed, to tell corrupt from wrong.
       const fits = Math.max(0, Math.min(n, size - hasher.length));
@@ -214,12 +226,16 @@ export async function copyVerified(
   );
 }
 
-/** A writer at a position of an open file. */
+/**
+ * A writer at a position of an open file. Synchronous underneath: the page cache takes a
+ * megabyte faster than an asynchronous write hands it to a thread.
+ */
 function fileWriter(file: Deno.FsFile): { write(bytes: Uint8Array): Promise<void> } {
   return {
-    async write(bytes) {
+    write(bytes) {
       let written = 0;
-      while (written < bytes.byteLength) written += await file.write(bytes.subarray(written));
+      while (written < bytes.byteLength) written += file.writeSync(bytes.subarray(written));
+      return Promise.resolve();
     },
   };
 }
