@@ -149,6 +149,9 @@ export async function removeAbandonedArchives(destination: string): Promise<numb
   return removed;
 }
 
+/** How often a tar being assembled is flushed to disk in the background. */
+const BACKGROUND_SYNC_MS = 250;
+
 /** A copy from the cache lets other work run after this many bytes. */
 const YIELD_BYTES = 8 * 1024 * 1024;
 
@@ -290,6 +293,10 @@ export class TarAssembly implements Assembly {
   /** The temporary file, open and flocked while this process works on it. */
   readonly #holder: Deno.FsFile;
 
+  /** Flushes what is written so far now and then, so that the final flush is short. */
+  readonly #syncer: ReturnType<typeof setInterval>;
+  #syncing?: Promise<void>;
+
   private constructor(
     readonly destination: string,
     /** The temporary file; downloads write blob bytes straight into it. */
@@ -299,6 +306,20 @@ export class TarAssembly implements Assembly {
   ) {
     this.#blobs = blobs;
     this.#holder = holder;
+    // The archive is flushed to disk before it is renamed into place (so that a crash of the
+    // machine cannot leave a renamed but empty archive); flushing as it grows overlaps that
+    // with the downloads (a 54 MB archive's final flush took 0.18 s on its own).
+    this.#syncer = setInterval(() => {
+      this.#syncing ??= this.#holder.syncData().catch(() => {}).finally(() =>
+        this.#syncing = undefined
+      );
+    }, BACKGROUND_SYNC_MS);
+  }
+
+  /** Stops the background flushes and waits for the one in flight. */
+  async #stopSyncing(): Promise<void> {
+    clearInterval(this.#syncer);
+    await this.#syncing;
   }
 
   /**
@@ -352,6 +373,7 @@ export class TarAssembly implements Assembly {
 
   async commit(): Promise<void> {
     try {
+      await this.#stopSyncing();
       await this.#holder.sync();
       await Deno.rename(this.path, this.destination);
     } catch (e) {
@@ -362,6 +384,7 @@ export class TarAssembly implements Assembly {
   }
 
   async discard(): Promise<void> {
+    await this.#stopSyncing();
     await Deno.remove(this.path).catch(() => {});
     closeQuietly(this.#holder);
   }
