@@ -163,6 +163,13 @@ const GZIP_IN_BYTES = 256 * KiB;
 /** Uncompressed bytes {@link gunzip} yields at most at a time. */
 const GZIP_OUT_BYTES = 1 * MiB;
 
+/**
+ * Buffers of finished {@link gunzip} runs, for the next layer: layers are
+ * read one after another, and a fresh pair per layer was 2.5 MiB of garbage
+ * per layer and pass.
+ */
+const spareGzipBuffers: { input: Uint8Array; output: Uint8Array }[] = [];
+
 /** The native side of a node:zlib stream (Node's binding API, which Deno's node:zlib keeps). */
 interface ZlibHandle {
   writeSync(
@@ -222,9 +229,10 @@ async function* gunzip(path: string, what: string): AsyncGenerator<Uint8Array> {
     failure ??= message;
   };
   const file = await openBlob(path, what);
+  const buffers = spareGzipBuffers.pop() ??
+    { input: new Uint8Array(GZIP_IN_BYTES), output: new Uint8Array(GZIP_OUT_BYTES) };
+  const { input, output } = buffers;
   try {
-    const input = new Uint8Array(GZIP_IN_BYTES);
-    const output = new Uint8Array(GZIP_OUT_BYTES);
     for (let ended = false; !ended;) {
       const n = await readBlobChunk(file, input, what);
       const flush = n === null ? zlibConstants.Z_FINISH : zlibConstants.Z_NO_FLUSH;
@@ -252,6 +260,7 @@ async function* gunzip(path: string, what: string): AsyncGenerator<Uint8Array> {
   } finally {
     file.close();
     zlib.close();
+    if (spareGzipBuffers.length < 2) spareGzipBuffers.push(buffers);
   }
 }
 
