@@ -53,6 +53,11 @@ export interface ConnectOptions {
    * (see RegistryClientOptions.cacheDir); unset with `--no-cache`.
    */
   cacheDir?: string;
+  /**
+   * Connections to open to the registry ahead of the downloads, while the token and manifests
+   * are fetched (see RegistryClientOptions.warmConnections); default none.
+   */
+  warmConnections?: number;
 }
 
 /** Opens a registry client for `ref` itself (no mirrors), with TLS and credentials, and pings it. */
@@ -129,11 +134,12 @@ async function connectEndpoint(endpoint: Endpoint, options: ConnectOptions): Pro
     retries: options.retries,
     stallTimeoutMs: options.stallTimeoutMs,
     cacheDir: options.cacheDir,
+    warmConnections: options.warmConnections,
   });
   try {
     await client.ping();
   } catch (e) {
-    client.close();
+    await client.dispose();
     throw e;
   }
   return { client, hadCredential: () => found };
@@ -207,7 +213,7 @@ export async function connectFirstWorking<T>(
       );
       return { client: connected.client, ref: endpoint.ref, result, endpoint };
     } catch (error) {
-      connected?.client.close();
+      await connected?.client.dispose();
       if (options.signal?.aborted) throw error;
       if (last || !endpoint.mirror || !skippable(error, connected?.hadCredential() ?? false)) {
         throw error;

@@ -384,7 +384,8 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       // Mirrors first, then the registry: the first endpoint that has the image serves it all.
       const found = await connectFirstWorking(
         refs[i],
-        { ...options, signal },
+        // The download connections are opened while the token and manifests are fetched.
+        { ...options, signal, warmConnections: connections },
         (client, endpointRef) => fetchTopManifest(client, endpointRef),
       );
       sources.push({
@@ -423,7 +424,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       bytes: images.reduce((sum, image) => sum + image.bytes, 0),
     };
   } finally {
-    for (const source of sources) source.client.close();
+    await Promise.all(sources.map((source) => source.client.dispose()));
     if (!store.persistent) await store.remove();
     if (scratchParent) await Deno.remove(scratchParent, { recursive: true }).catch(() => {});
   }

@@ -61,7 +61,18 @@ export interface RegistryClientOptions {
    * tag (see ./manifest_cache.ts). Without it every manifest comes from the registry.
    */
   cacheDir?: string;
+  /**
+   * How many connections to open to the registry ahead of the downloads, while the token and
+   * the manifests are fetched (the download connection budget); 0 (default): none.
+   */
+  warmConnections?: number;
 }
+
+/**
+ * A ping quicker than this comes from a near registry, where TCP and TLS handshakes cost little:
+ * no warm-up there.
+ */
+const WARM_MIN_PING_MS = 20;
 
 /** A manifest as the registry sent it. */
 export interface FetchedManifest {
@@ -84,6 +95,12 @@ export class RegistryClient {
   /** A remembered challenge not answered yet (see {@link #answerRemembered}). */
   #remembered?: EndpointMemory["challenge"];
   #answering?: Promise<void>;
+  /** The warm-up to start when the ping's token request goes out ({@link #warmUp}). */
+  #warmPending?: () => void;
+  /** Connections being opened ahead of the downloads ({@link #warmUp}); never rejects. */
+  #warming?: Promise<void>;
+  readonly #warmAbort = new AbortController();
+  #closed = false;
 
   constructor(options: RegistryClientOptions) {
     this.options = options;
@@ -97,6 +114,7 @@ export class RegistryClient {
       signal: options.signal,
       stallTimeoutMs: options.stallTimeoutMs,
       plainHttp: options.plainHttp || options.insecure,
+      onTokenRequest: () => this.#onTokenRequest(),
     });
   }
 
@@ -279,15 +297,26 @@ export class RegistryClient {
   }
 
   async #pingBase(base: string, signal?: AbortSignal): Promise<void> {
+    const started = performance.now();
     const response = await this.#transport.fetch(`${base}${this.apiRoot}/`, {
       signal: signal ?? this.options.signal,
     });
+    const pingMs = performance.now() - started;
     // A registry that answers plain HTTP (other than "this is an HTTPS port") speaks it.
     if (response.status !== 400) this.#answeredHttp ||= base.startsWith("http:");
     if (response.status === 401) {
       this.#base = base;
-      await this.#session.challenged(response, undefined, base);
+      // Its connection goes back to the pool now, for the requests after the token.
       await response.body?.cancel();
+      // The download connections are opened once the token request is on its way (not before:
+      // it is on the critical path), or straight after a challenge that needed none (Basic).
+      this.#warmPending = () => this.#warmUp(base, pingMs);
+      try {
+        await this.#session.challenged(response, undefined, base);
+        this.#onTokenRequest();
+      } finally {
+        this.#warmPending = undefined;
+      }
       return;
     }
     if (!response.ok) {
@@ -296,6 +325,7 @@ export class RegistryClient {
     }
     await response.body?.cancel();
     this.#base = base;
+    this.#warmUp(base, pingMs);
   }
 
   /**
@@ -471,8 +501,54 @@ export class RegistryClient {
     return `${base}${prefix}/${this.options.repository}`;
   }
 
-  /** Closes the connection pool. */
+  /** Starts the warm-up the ping left pending, once. */
+  #onTokenRequest(): void {
+    const warm = this.#warmPending;
+    this.#warmPending = undefined;
+    warm?.();
+  }
+
+  /**
+   * Opens the connections the downloads will use while the token and the manifests are fetched,
+   * so that their TCP and TLS handshakes are off the critical path. Once per client; only where
+   * it pays (the ping took {@link WARM_MIN_PING_MS} or more: a near registry's handshakes cost
+   * next to nothing) and never to plain HTTP on loopback. The requests are anonymous
+   * `GET /v2/` to this endpoint, whose failures are nobody's concern.
+   */
+  #warmUp(base: string, pingMs: number): void {
+    const count = this.options.warmConnections ?? 0;
+    if (this.#warming || count < 1 || pingMs < WARM_MIN_PING_MS) return;
+    if (base.startsWith("http:") && isLoopbackRegistry(this.options.registry)) return;
+    const outer = this.options.signal;
+    const signal = outer
+      ? AbortSignal.any([outer, this.#warmAbort.signal])
+      : this.#warmAbort.signal;
+    const started = performance.now();
+    this.#warming = this.#transport.warm(new URL(`${base}${this.apiRoot}/`), count, signal)
+      .then((opened) =>
+        this.options.log?.(
+          `opened ${opened} of ${count} connections to ${base} in ` +
+            `${Math.round(performance.now() - started)} ms ` +
+            `(the ping took ${Math.round(pingMs)} ms)`,
+        )
+      );
+  }
+
+  /**
+   * Closes the connection pool, first stopping the warm-up (if any) and waiting until its
+   * requests have settled, so that nothing of this client outlives it.
+   */
+  async dispose(): Promise<void> {
+    this.#warmAbort.abort();
+    await this.#warming;
+    this.close();
+  }
+
+  /** Closes the connection pool (a warm-up still running is stopped); once. */
   close(): void {
+    this.#warmAbort.abort();
+    if (this.#closed) return;
+    this.#closed = true;
     this.#transport.close();
   }
 }

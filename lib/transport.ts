@@ -301,6 +301,27 @@ export class Transport {
     }
   }
 
+  /**
+   * Opens connections to `url`'s origin for requests to come: `count` GETs of `url` at once,
+   * with no credentials and no cookie, redirects not followed, each body discarded; the pool
+   * keeps the connections they leave idle. Resolves to how many were answered; never rejects
+   * (a failure here is reported by the real request that meets it).
+   */
+  async warm(url: URL, count: number, signal?: AbortSignal): Promise<number> {
+    const one = async () => {
+      const response = await fetch(url, {
+        client: this.#client,
+        redirect: "manual",
+        headers: { "user-agent": USER_AGENT },
+        signal,
+      });
+      // A short body is already read with the headers: the connection goes back to the pool.
+      await response.body?.cancel();
+    };
+    const results = await Promise.allSettled(Array.from({ length: count }, one));
+    return results.filter((r) => r.status === "fulfilled").length;
+  }
+
   /** Releases the connection pool. */
   close(): void {
     this.#client.close();

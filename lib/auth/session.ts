@@ -44,6 +44,8 @@ export interface AuthSessionOptions {
   stallTimeoutMs?: number;
   /** The user allowed plain HTTP (`--plain-http`): credentials may go to an http:// realm. */
   plainHttp?: boolean;
+  /** Called as soon as a token request has been sent (before its answer). */
+  onTokenRequest?: () => void;
 }
 
 /** Holds the current `Authorization` value for one registry repository. */
@@ -254,12 +256,14 @@ export class AuthSession {
       if (service) form.set("service", service);
       form.set("scope", [...scopes].join(" "));
       this.#options.log?.(`requesting a token from ${realmUrl.origin} with a refresh token`);
-      response = await transport.fetch(realmUrl, {
+      const sent = transport.fetch(realmUrl, {
         signal,
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded" },
         body: form,
       });
+      this.#options.onTokenRequest?.();
+      response = await sent;
     } else {
       const url = new URL(realmUrl);
       if (service) url.searchParams.set("service", service);
@@ -272,7 +276,9 @@ export class AuthSession {
         `requesting a token from ${realmUrl.origin} ` +
           (headers.has("authorization") ? `as ${credential?.username}` : "anonymously"),
       );
-      response = await transport.fetch(url, { headers, signal });
+      const sent = transport.fetch(url, { headers, signal });
+      this.#options.onTokenRequest?.();
+      response = await sent;
     }
     if (response.status === 401 || response.status === 403) {
       const cause = await errorForResponse(response, `token from ${realmUrl.origin}`);

@@ -18,7 +18,7 @@ function responseAt(url: string, status: number, headers: HeadersInit = {}, body
 
 function setup(
   credential: Credential | undefined,
-  options: { plainHttp?: boolean } = {},
+  options: { plainHttp?: boolean; onTokenRequest?: () => void } = {},
 ) {
   const sent: { url: string; request: TransportRequest }[] = [];
   let credentialAsked = 0;
@@ -39,6 +39,7 @@ function setup(
       return Promise.resolve(credential);
     },
     plainHttp: options.plainHttp,
+    onTokenRequest: options.onTokenRequest,
   });
   return { session, sent, credentialAsked: () => credentialAsked };
 }
@@ -136,4 +137,24 @@ Deno.test("session: a plain-HTTP loopback registry may use a loopback http:// re
     AuthError,
   );
   assert.equal(remote.sent.length, 0);
+});
+
+Deno.test("session: onTokenRequest is told once a token request is on its way, not for Basic", async () => {
+  for (const credential of [BASIC, REFRESH, undefined]) {
+    const told: number[] = [];
+    const { session, sent } = setup(credential, { onTokenRequest: () => told.push(sent.length) });
+    const own = responseAt("https://registry.example/v2/", 401, bearer("https://auth.example/t"));
+    await session.challenged(own, undefined, "https://registry.example");
+    // Called after the request was handed to the transport, before its answer was read.
+    assert.deepEqual(told, [1], credential?.source ?? "anonymous");
+  }
+  const told: number[] = [];
+  const basic = setup(BASIC, { onTokenRequest: () => told.push(1) });
+  await basic.session.challenged(
+    responseAt("https://registry.example/v2/", 401, { "www-authenticate": 'Basic realm="r"' }),
+    undefined,
+    "https://registry.example",
+  );
+  assert.equal(await basic.session.authorization(), "Basic dTpwdy11bml0LXNlY3JldA==");
+  assert.deepEqual(told, []);
 });
