@@ -5,6 +5,7 @@
  *     deno run -A bench/run.ts [--link wan|loopback] [--runs 5] [--images nginx-like,big,many]
  *       [--settings 1,3,5,8] [--tools imgpull,skopeo,docker,curl,curl-range] [--out FILE]
  *       [--tools imgpull-oci,imgpull-rootfs,skopeo-oci,podman]   (the output-format rows)
+ *       [--tools imgpull-multi]   (every image of the run in one archive: peak RSS)
  *       [--delay-ms 25] [--conn-mbit 32] [--total-mbit 400] [--timeout-s 900]
  *       [--cache-dir DIR] [--main PATH/TO/main.ts] [--chart FILE.svg]
  *
@@ -46,6 +47,7 @@ const ALL_TOOLS = [
   "curl-range",
   "imgpull-oci",
   "imgpull-rootfs",
+  "imgpull-multi",
   "skopeo-oci",
   "podman",
 ];
@@ -59,7 +61,8 @@ const USAGE = `usage: deno run -A bench/run.ts [options]
   --tools LIST            of ${ALL_TOOLS.join(",")}
                           (default: imgpull,skopeo,docker,curl,curl-range; the others are the
                           output-format rows: imgpull --format oci-archive / rootfs at c=3,
-                          skopeo copy → oci-archive, podman pull + save --format oci-archive)
+                          skopeo copy → oci-archive, podman pull + save --format oci-archive;
+                          imgpull-multi: every image of the run into one archive)
   --out FILE              also append the report to FILE
   --chart FILE.svg        also draw the side by side as an SVG bar chart (the pullers and the
                           link limit; with several images, FILE-IMAGE.svg each)
@@ -303,6 +306,39 @@ function imgpullFormatTool(
       }, { main, concurrency: 3, output, home, denoDir, noCache, timeoutMs: o.timeoutMs });
       check(r, `imgpull --format ${format}`);
       if (first) await verifyArchive(output, `imgpull --format ${format}`, format);
+      return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
+    },
+  };
+}
+
+/**
+ * imgpull at its default setting writing every image of the run into one docker-archive (the
+ * image of the row first, then the others): peak RSS with several images in one output.
+ */
+function imgpullSeveralTool(
+  o: Options,
+  env: BenchEnv,
+  main: string,
+  noCache: boolean,
+  denoDir: string,
+): Tool {
+  return {
+    id: "imgpull-multi",
+    label: `imgpull c=3, the ${env.images.length} images of the run in one archive`,
+    async run(image, runDir) {
+      const home = join(runDir, "home");
+      await Deno.mkdir(home);
+      const output = join(runDir, "out.tar");
+      const others = env.images.filter((i) => i !== image).map((i) => `${env.host}/${i.reference}`);
+      const r = await runImgpull({
+        reference: `${env.host}/${image.reference}`,
+        platform: image.platform,
+        caCert: env.caCertPath,
+        username: env.user,
+        password: env.password,
+        extraArgs: others,
+      }, { main, concurrency: 3, output, home, denoDir, noCache, timeoutMs: o.timeoutMs });
+      check(r, "imgpull (several images)");
       return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
     },
   };
@@ -812,6 +848,12 @@ async function main(): Promise<void> {
         ({ noCache, startupSeconds: startup } = await probeImgpull(snapshot.main, denoDir));
       }
       tools.push(imgpullFormatTool(o, env, snapshot.main, noCache, denoDir, format));
+    }
+    if (o.tools.includes("imgpull-multi")) {
+      if (startup === undefined) {
+        ({ noCache, startupSeconds: startup } = await probeImgpull(snapshot.main, denoDir));
+      }
+      tools.push(imgpullSeveralTool(o, env, snapshot.main, noCache, denoDir));
     }
     if (o.tools.includes("skopeo")) tools.push(skopeoTool(o, env));
     if (o.tools.includes("skopeo-oci")) tools.push(skopeoTool(o, env, "oci-archive"));
