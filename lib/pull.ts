@@ -30,7 +30,7 @@ import {
   type FetchPolicy,
   fetchPolicy,
 } from "./fetch.ts";
-import { type Descriptor, schema1Config } from "./manifest.ts";
+import { type Descriptor, type ImageManifest, schema1Config } from "./manifest.ts";
 import { isForeignLayer, layerCompression, MediaType } from "./media_types.ts";
 import {
   defaultOutputName,
@@ -45,14 +45,17 @@ import { joinPath, splitPath } from "./paths.ts";
 import { parseReference, type Reference } from "./reference.ts";
 import type { RegistryClient } from "./registry.ts";
 import {
+  type EarlyImage,
   type FetchedDocument,
   fetchTopManifest,
   type ImageTree,
   listPlatforms,
+  MAX_CONFIG_BYTES,
   type PlatformEntry,
   type PlatformRequest,
   type ResolvedImage,
   resolveImage,
+  resolveImageEarly,
   resolveTree,
   subsetIndex,
 } from "./resolve.ts";
@@ -333,37 +336,58 @@ export async function pull(options: PullOptions): Promise<PullResult> {
   const toStdout = options.output === "-";
   const output = options.output ??
     defaultOutputName(refs[0], format === "oci-dir" ? "" : ".tar");
-  const outputDir = toStdout ? "." : await checkDestination(output, format);
   const onEvent = options.onEvent ?? (() => {});
   const repoTagsOf = (
     ref: Reference,
   ) => [options.tag ? repoTagFromName(options.tag) : repoTagFor(ref)];
-  for (const ref of refs) {
-    if (!options.tag && loadableRegistry(ref.registry) !== ref.registry) {
-      onEvent({
-        type: "notice",
-        message: `docker, podman and containerd cannot load a name with an IPv6 address; ` +
-          `the image is tagged ${repoTagFor(ref)} (choose another name with --tag)`,
-      });
-    }
-  }
 
   // One signal for everything: the caller's, or ours when a sibling download fails.
   const failure = new AbortController();
   const signal = options.signal
     ? AbortSignal.any([options.signal, failure.signal])
     : failure.signal;
-  // The shared cache, or a scratch directory beside the output (removed afterwards); with
-  // `-o -` there is no output directory, so the scratch goes into a temporary one.
-  const scratchParent = !options.cacheDir && toStdout
-    ? await Deno.makeTempDir({ prefix: "imgpull-" })
-    : undefined;
-  const store = options.cacheDir
-    ? await BlobStore.open(options.cacheDir)
-    : await BlobStore.createIn(scratchParent ?? outputDir);
+  const connections = options.connections ?? (concurrency === 1 ? 1 : DEFAULT_CONNECTIONS);
+  // Mirrors first, then the registry: the first endpoint that has the image serves it all. The
+  // download connections are opened while the token and manifests are fetched.
+  const connectTo = (ref: Reference) =>
+    connectFirstWorking(
+      ref,
+      { ...options, signal, warmConnections: connections },
+      (client, endpointRef) => fetchTopManifest(client, endpointRef),
+    );
+  // The first registry's round trips overlap the checks of the output and the opening of the
+  // store; a failure of those still comes first.
+  const firstConnect = connectTo(refs[0]);
+  firstConnect.catch(() => {});
+  let scratchParent: string | undefined;
+  let store: BlobStore;
+  try {
+    const outputDir = toStdout ? "." : await checkDestination(output, format);
+    for (const ref of refs) {
+      if (!options.tag && loadableRegistry(ref.registry) !== ref.registry) {
+        onEvent({
+          type: "notice",
+          message: `docker, podman and containerd cannot load a name with an IPv6 address; ` +
+            `the image is tagged ${repoTagFor(ref)} (choose another name with --tag)`,
+        });
+      }
+    }
+    // The shared cache, or a scratch directory beside the output (removed afterwards); with
+    // `-o -` there is no output directory, so the scratch goes into a temporary one.
+    scratchParent = !options.cacheDir && toStdout
+      ? await Deno.makeTempDir({ prefix: "imgpull-" })
+      : undefined;
+    store = options.cacheDir
+      ? await BlobStore.open(options.cacheDir)
+      : await BlobStore.createIn(scratchParent ?? outputDir);
+  } catch (e) {
+    failure.abort(e);
+    await firstConnect.then((found) => found.client.dispose(), () => {});
+    if (scratchParent) await Deno.remove(scratchParent, { recursive: true }).catch(() => {});
+    throw e;
+  }
   const sources: Source[] = [];
   try {
-    const connections = options.connections ?? (concurrency === 1 ? 1 : DEFAULT_CONNECTIONS);
     const run: PullRun = {
       store,
       layers: new Semaphore(concurrency),
@@ -381,13 +405,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       failure,
     };
     for (let i = 0; i < refs.length; i++) {
-      // Mirrors first, then the registry: the first endpoint that has the image serves it all.
-      const found = await connectFirstWorking(
-        refs[i],
-        // The download connections are opened while the token and manifests are fetched.
-        { ...options, signal, warmConnections: connections },
-        (client, endpointRef) => fetchTopManifest(client, endpointRef),
-      );
+      const found = await (i === 0 ? firstConnect : connectTo(refs[i]));
       sources.push({
         reference: references[i],
         ref: refs[i],
@@ -545,6 +563,12 @@ async function fillAndCommit(
   open: () => Promise<Assembly>,
   jobs: readonly BlobJob[],
   reported: ReadonlySet<string> = new Set(),
+  /**
+   * Runs alongside the downloads and must succeed before the output is committed (the config of
+   * an early start, see {@link pullDockerArchiveEarly}). Its failure stops the downloads and is
+   * the error thrown, whatever they failed with meanwhile.
+   */
+  gate?: (assembly: Assembly) => Promise<void>,
 ): Promise<void> {
   // One size per digest is settled before anything is written.
   const distinct = distinctJobs(jobs);
@@ -566,8 +590,8 @@ async function fillAndCommit(
     }
     if (!result.inOutput) await assembly.copyIn(job.digest, result.path!, copyOptions);
   };
-  try {
-    await runAll(run, distinct, async (job) => {
+  const fill = () =>
+    runAll(run, distinct, async (job) => {
       if (!job.path) return await download(job);
       if (!reported.has(job.digest)) {
         run.onEvent({ type: "blob-done", digest: job.digest, size: job.size, reused: true });
@@ -584,6 +608,16 @@ async function fillAndCommit(
         await download(job);
       }
     });
+  try {
+    if (gate) {
+      const checked = gate(assembly);
+      checked.catch((e) => run.failure.abort(e));
+      const [filled, check] = await Promise.allSettled([fill(), checked]);
+      if (check.status === "rejected") throw check.reason;
+      if (filled.status === "rejected") throw filled.reason;
+    } else {
+      await fill();
+    }
     await assembly.commit();
   } catch (e) {
     await assembly.discard();
@@ -606,7 +640,26 @@ async function pullDockerArchive(
   const reported = new Set<string>();
   const results: PulledImage[] = [];
   for (const source of sources) {
-    const resolved = await resolveAt(run, source, platform);
+    let resolved: ResolvedImage;
+    if (sources.length === 1) {
+      const early = await resolveImageEarly(
+        source.client,
+        source.endpointRef,
+        platform,
+        run.onEvent,
+        run.store,
+        source.top,
+      );
+      if (early.kind === "early") {
+        const pulled = await pullDockerArchiveEarly(run, source, early, open);
+        if (pulled) return [pulled];
+        resolved = await early.complete;
+      } else {
+        resolved = early;
+      }
+    } else {
+      resolved = await resolveAt(run, source, platform);
+    }
     const prepared = resolved.kind === "image"
       ? await prepareDockerImage(run, source, resolved, reported)
       : await prepareSchema1Image(run, source, resolved);
@@ -623,6 +676,140 @@ async function pullDockerArchive(
   }
   await fillAndCommit(run, () => open(dockerArchiveEntries(archiveImages)), jobs, reported);
   return results;
+}
+
+/**
+ * Whether the manifest alone decides an output's blobs, so that the layers may be requested
+ * while the config is fetched: image media types, a config of a sane size that is no layer.
+ * Anything unusual is left to the usual path, which reports it after the config as before.
+ */
+function earlyStartFits(manifest: ImageManifest): boolean {
+  const config = manifest.config;
+  const configType = config.mediaType;
+  return manifest.layers.every((layer) =>
+    layerCompression(layer.mediaType) !== undefined && layer.digest !== config.digest
+  ) &&
+    (!configType || configType === MediaType.ociConfig ||
+      configType === MediaType.dockerConfig) &&
+    Number.isSafeInteger(config.size) && config.size >= 0 && config.size <= MAX_CONFIG_BYTES;
+}
+
+/** Puts an early start's config, verified, into its place in the output. */
+async function fillConfig(
+  run: PullRun,
+  assembly: Assembly,
+  resolved: Extract<ResolvedImage, { kind: "image" }>,
+  signal: AbortSignal,
+): Promise<void> {
+  // From the verified bytes in memory, not the store (whose copy could change meanwhile).
+  const temp = run.store.tempPath("config");
+  try {
+    await Deno.writeFile(temp, resolved.configBytes).catch((e) => {
+      throw localIoError(e, `cannot write ${temp}`);
+    });
+    await assembly.copyIn(resolved.manifest.config.digest, temp, { signal });
+  } finally {
+    await Deno.remove(temp).catch(() => {});
+  }
+}
+
+/** The config of an early start shows what the manifest could not: the usual path takes over. */
+class EarlyStartAbandoned extends Error {}
+
+/**
+ * A docker-archive of one image chosen from an index, its layers requested while its config is
+ * still being fetched (a round trip sooner). Taken only when the manifest alone decides every
+ * blob of the archive (no zstd or foreign layers, image media types); the config entry is
+ * filled from the store once the config is verified, and the config's checks (digest, diff_ids
+ * against the layers) pass before the archive is committed. A layer the cache holds under its
+ * diff_id (known from the config only) abandons the early start: nothing is committed and the
+ * usual path runs. Undefined when the early start does not apply or was abandoned.
+ */
+async function pullDockerArchiveEarly(
+  run: PullRun,
+  source: Source,
+  early: EarlyImage,
+  open: (entries: AssemblyEntry[]) => Promise<Assembly>,
+): Promise<PulledImage | undefined> {
+  const { manifest } = early;
+  const config = manifest.config;
+  // zstd layers are converted and foreign ones described from the config: the usual path.
+  const plain = manifest.layers.every((layer) =>
+    layerCompression(layer.mediaType) !== "zstd" && !isForeignLayer(layer.mediaType) &&
+    !layer.urls?.length
+  );
+  if (!plain || !earlyStartFits(manifest)) return undefined;
+  const { store } = run;
+  const layers: ArchiveLayer[] = await Promise.all(
+    manifest.layers.map(async (layer) =>
+      await store.use(layer.digest) === layer.size
+        ? { digest: layer.digest, size: layer.size, path: store.blobPath(layer.digest) }
+        : { digest: layer.digest, size: layer.size }
+    ),
+  );
+  // The archive is laid out from the manifest: the config's entry is a blob filled later.
+  const placeholder = new Uint8Array(config.size);
+  const image: ArchiveImage = {
+    repoTags: source.repoTags,
+    configDigest: config.digest,
+    configBytes: placeholder,
+    layers,
+  };
+  const entries = dockerArchiveEntries(image).map((entry): AssemblyEntry =>
+    entry.bytes === placeholder
+      ? { name: entry.name, type: entry.type, size: entry.size, digest: config.digest }
+      : entry
+  );
+  const jobs = layers.map((l, index): BlobJob => ({
+    digest: l.digest,
+    size: l.size,
+    path: l.path,
+    descriptor: manifest.layers[index],
+    client: source.client,
+    index,
+  }));
+  // Its own failure switch: abandoning stops these downloads, not the pull.
+  const failure = new AbortController();
+  const attempt: PullRun = {
+    ...run,
+    signal: AbortSignal.any([run.signal, failure.signal]),
+    failure,
+  };
+  run.onEvent({
+    type: "debug",
+    message: `layers requested while config ${config.digest} is being fetched`,
+  });
+  try {
+    await fillAndCommit(attempt, () => open(entries), jobs, new Set(), async (assembly) => {
+      const resolved = await early.complete;
+      for (const [index, layer] of layers.entries()) {
+        if (layer.path) continue;
+        // The same blob (an uncompressed layer, maybe just downloaded) is no other form.
+        const same = await store.blobForDiffId(resolved.config.diffIds[index]);
+        if (same && same.digest !== layer.digest) {
+          throw new EarlyStartAbandoned(
+            `the cache holds layer ${shortDigest(layer.digest)} by its diff_id`,
+          );
+        }
+      }
+      await fillConfig(run, assembly, resolved, attempt.signal);
+    });
+  } catch (e) {
+    if (!(e instanceof EarlyStartAbandoned)) throw e;
+    run.onEvent({
+      type: "debug",
+      message: `early start abandoned: ${e.message}; starting again from the config`,
+    });
+    return undefined;
+  }
+  return {
+    reference: source.reference,
+    repoTags: source.repoTags,
+    imageId: config.digest,
+    platforms: [(await early.complete).platform],
+    layers: layers.length,
+    bytes: layers.reduce((sum, l) => sum + l.size, 0),
+  };
 }
 
 /**
@@ -852,6 +1039,8 @@ async function pullOciLayout(
   const blobs = new Map<string, Descriptor>();
   const jobs: BlobJob[] = [];
   const results: PulledImage[] = [];
+  /** An early start's config (see {@link pullDockerArchiveEarly}). */
+  let gate: ((assembly: Assembly) => Promise<void>) | undefined;
   const addBlob = (source: Source, d: Descriptor) => {
     const known = blobs.get(d.digest);
     if (known && known.size !== d.size) {
@@ -893,10 +1082,44 @@ async function pullOciLayout(
       continue;
     }
     const resolved: ResolvedImage[] = [];
-    for (const platform of platforms) {
-      const image = await resolveAt(run, source, platform);
-      if (resolved.some((r) => r.manifestDigest === image.manifestDigest)) continue;
-      resolved.push(image);
+    if (sources.length === 1 && platforms.length === 1) {
+      const early = await resolveImageEarly(
+        source.client,
+        source.endpointRef,
+        platforms[0],
+        run.onEvent,
+        run.store,
+        source.top,
+      );
+      if (early.kind === "early" && earlyStartFits(early.manifest)) {
+        // The config is a blob of the layout, put in place once verified (see fillConfig).
+        const { manifest } = early;
+        documents.set(early.manifestDigest, early.manifestBytes);
+        blobs.set(manifest.config.digest, manifest.config);
+        for (const layer of manifest.layers) addBlob(source, layer);
+        layoutImages.push({ descriptor: early.descriptor, ...names });
+        results.push({
+          reference: source.reference,
+          repoTags: source.repoTags,
+          imageId: manifest.config.digest,
+          platforms: [early.platform],
+          layers: manifest.layers.length,
+          bytes: manifest.layers.reduce((sum, l) => sum + l.size, 0),
+        });
+        gate = async (assembly) => fillConfig(run, assembly, await early.complete, run.signal);
+        run.onEvent({
+          type: "debug",
+          message: `layers requested while config ${manifest.config.digest} is being fetched`,
+        });
+        continue;
+      }
+      resolved.push(early.kind === "early" ? await early.complete : early);
+    } else {
+      for (const platform of platforms) {
+        const image = await resolveAt(run, source, platform);
+        if (resolved.some((r) => r.manifestDigest === image.manifestDigest)) continue;
+        resolved.push(image);
+      }
     }
     for (const image of resolved) {
       if (image.kind === "schema1") {
@@ -946,6 +1169,8 @@ async function pullOciLayout(
     run,
     () => open(ociLayoutEntries(layoutImages, { documents, blobs })),
     blobJobs,
+    undefined,
+    gate,
   );
   return results;
 }

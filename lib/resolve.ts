@@ -39,7 +39,7 @@ import type { Reference } from "./reference.ts";
 /** Indexes may nest (an index of indexes); deeper than this is refused. */
 const MAX_INDEX_DEPTH = 4;
 /** Image configs are JSON documents; this is generous. */
-const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
+export const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
 /** The image chosen for a platform. */
 export type ResolvedImage =
@@ -282,6 +282,43 @@ export async function resolveImage(
   /** The top manifest, when the caller fetched it already (choosing an endpoint). */
   top?: FetchedDocument,
 ): Promise<ResolvedImage> {
+  const resolved = await resolveImageEarly(client, ref, request, onEvent, store, top);
+  return resolved.kind === "early" ? await resolved.complete : resolved;
+}
+
+/**
+ * An image manifest chosen from an index (so its platform is known) whose config is still on
+ * its way: what a pull may start with while the config is fetched. Nothing may be committed
+ * before {@link complete} has resolved (the config verified against its digest, its diff_ids
+ * counted against the layers); a failure of it is the pull's failure, as it would have been
+ * before any download.
+ */
+export interface EarlyImage {
+  kind: "early";
+  manifest: ImageManifest;
+  platform: string;
+  exactPlatform: boolean;
+  manifestDigest: string;
+  manifestBytes: Uint8Array;
+  descriptor: Descriptor;
+  /** The image with its verified config (already requested; never an unhandled rejection). */
+  complete: Promise<Extract<ResolvedImage, { kind: "image" }>>;
+}
+
+/**
+ * As {@link resolveImage}, except that an image chosen from an index is returned as soon as
+ * its manifest is verified, its config being fetched meanwhile ({@link EarlyImage}). A
+ * single-platform image is returned complete: its platform is only known from its config.
+ */
+export async function resolveImageEarly(
+  client: RegistryClient,
+  ref: Reference,
+  request: PlatformRequest,
+  onEvent: PullEventSink = () => {},
+  store?: BlobStore,
+  /** The top manifest, when the caller fetched it already (choosing an endpoint). */
+  top?: FetchedDocument,
+): Promise<ResolvedImage | EarlyImage> {
   const { platform } = request;
   const requested = formatPlatform(platform);
   let current = top ?? await fetchTopManifest(client, ref);
@@ -325,6 +362,36 @@ export async function resolveImage(
     };
   }
   refuseArtifact(manifest, ref);
+  if (chosenPlatform !== undefined && listed) {
+    const platform = chosenPlatform;
+    const descriptor = listed;
+    const chosen = current;
+    const complete = fetchConfig(client, manifest, store).then((
+      { config, configBytes },
+    ): Extract<ResolvedImage, { kind: "image" }> => ({
+      kind: "image",
+      manifest,
+      config,
+      configBytes,
+      platform,
+      exactPlatform: exact,
+      manifestDigest: chosen.digest,
+      manifestBytes: chosen.bytes,
+      descriptor,
+    }));
+    // Whoever takes the early image awaits this; until then its failure is not unhandled.
+    complete.catch(() => {});
+    return {
+      kind: "early",
+      manifest,
+      platform,
+      exactPlatform: exact,
+      manifestDigest: current.digest,
+      manifestBytes: current.bytes,
+      descriptor,
+      complete,
+    };
+  }
   const { config, configBytes } = await fetchConfig(client, manifest, store);
   if (!chosenPlatform) checkSinglePlatform(request, platformOf(config), onEvent);
   return {
