@@ -62,8 +62,9 @@ export interface RegistryClientOptions {
    */
   cacheDir?: string;
   /**
-   * How many connections to open to the registry ahead of the downloads, while the token and
-   * the manifests are fetched (the download connection budget); 0 (default): none.
+   * How many connections to have open to the registry ahead of the downloads, the ping's
+   * included, while the token and the manifests are fetched (the download connection budget);
+   * 0 (default): no warm-up.
    */
   warmConnections?: number;
 }
@@ -517,7 +518,8 @@ export class RegistryClient {
    */
   #warmUp(base: string, pingMs: number): void {
     const count = this.options.warmConnections ?? 0;
-    if (this.#warming || count < 1 || pingMs < WARM_MIN_PING_MS) return;
+    // One connection is the ping's own, idle now: a budget of one needs no warm-up.
+    if (this.#warming || count < 2 || pingMs < WARM_MIN_PING_MS) return;
     if (base.startsWith("http:") && isLoopbackRegistry(this.options.registry)) return;
     const outer = this.options.signal;
     const signal = outer

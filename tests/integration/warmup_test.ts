@@ -181,12 +181,13 @@ Deno.test("warm-up: a far registry's download connections open during the token 
   });
 });
 
-Deno.test("warm-up: none without a budget, and none to a plain-HTTP loopback registry", async () => {
+Deno.test("warm-up: none without a budget of two or more, and none to a plain-HTTP loopback registry", async () => {
   await withPki(async (pki) => {
     const token = tokenService(pki, 50);
     for (
       const [name, tls, warmConnections] of [
         ["no budget", true, 0],
+        ["a budget of one (the ping's connection)", true, 1],
         ["plain HTTP on loopback", false, 4],
       ] as const
     ) {
