@@ -694,23 +694,30 @@ function earlyStartFits(manifest: ImageManifest): boolean {
     Number.isSafeInteger(config.size) && config.size >= 0 && config.size <= MAX_CONFIG_BYTES;
 }
 
-/** Puts an early start's config, verified, into its place in the output. */
+/**
+ * Puts an early start's config, verified, into its place in the output: from the verified bytes
+ * in memory (not the store, whose copy could change meanwhile), through a temporary file of
+ * the store that is added to `temporaries`, for the caller to remove once the output is
+ * committed or discarded (a stream output reads it only when committed).
+ */
 async function fillConfig(
   run: PullRun,
   assembly: Assembly,
   resolved: Extract<ResolvedImage, { kind: "image" }>,
   signal: AbortSignal,
+  temporaries: string[],
 ): Promise<void> {
-  // From the verified bytes in memory, not the store (whose copy could change meanwhile).
   const temp = run.store.tempPath("config");
-  try {
-    await Deno.writeFile(temp, resolved.configBytes).catch((e) => {
-      throw localIoError(e, `cannot write ${temp}`);
-    });
-    await assembly.copyIn(resolved.manifest.config.digest, temp, { signal });
-  } finally {
-    await Deno.remove(temp).catch(() => {});
-  }
+  temporaries.push(temp);
+  await Deno.writeFile(temp, resolved.configBytes).catch((e) => {
+    throw localIoError(e, `cannot write ${temp}`);
+  });
+  await assembly.copyIn(resolved.manifest.config.digest, temp, { signal });
+}
+
+/** Removes temporary files, quietly. */
+async function removeAll(paths: readonly string[]): Promise<void> {
+  await Promise.all(paths.map((path) => Deno.remove(path).catch(() => {})));
 }
 
 /** The config of an early start shows what the manifest could not: the usual path takes over. */
@@ -779,6 +786,7 @@ async function pullDockerArchiveEarly(
     type: "debug",
     message: `layers requested while config ${config.digest} is being fetched`,
   });
+  const temporaries: string[] = [];
   try {
     await fillAndCommit(attempt, () => open(entries), jobs, new Set(), async (assembly) => {
       const resolved = await early.complete;
@@ -792,7 +800,7 @@ async function pullDockerArchiveEarly(
           );
         }
       }
-      await fillConfig(run, assembly, resolved, attempt.signal);
+      await fillConfig(run, assembly, resolved, attempt.signal, temporaries);
     });
   } catch (e) {
     if (!(e instanceof EarlyStartAbandoned)) throw e;
@@ -801,6 +809,8 @@ async function pullDockerArchiveEarly(
       message: `early start abandoned: ${e.message}; starting again from the config`,
     });
     return undefined;
+  } finally {
+    await removeAll(temporaries);
   }
   return {
     reference: source.reference,
@@ -1041,6 +1051,7 @@ async function pullOciLayout(
   const results: PulledImage[] = [];
   /** An early start's config (see {@link pullDockerArchiveEarly}). */
   let gate: ((assembly: Assembly) => Promise<void>) | undefined;
+  const temporaries: string[] = [];
   const addBlob = (source: Source, d: Descriptor) => {
     const known = blobs.get(d.digest);
     if (known && known.size !== d.size) {
@@ -1106,7 +1117,8 @@ async function pullOciLayout(
           layers: manifest.layers.length,
           bytes: manifest.layers.reduce((sum, l) => sum + l.size, 0),
         });
-        gate = async (assembly) => fillConfig(run, assembly, await early.complete, run.signal);
+        gate = async (assembly) =>
+          fillConfig(run, assembly, await early.complete, run.signal, temporaries);
         run.onEvent({
           type: "debug",
           message: `layers requested while config ${manifest.config.digest} is being fetched`,
@@ -1165,13 +1177,17 @@ async function pullOciLayout(
     if (job.path || !job.descriptor) continue;
     if (await run.store.use(job.digest) === job.size) job.path = run.store.blobPath(job.digest);
   }
-  await fillAndCommit(
-    run,
-    () => open(ociLayoutEntries(layoutImages, { documents, blobs })),
-    blobJobs,
-    undefined,
-    gate,
-  );
+  try {
+    await fillAndCommit(
+      run,
+      () => open(ociLayoutEntries(layoutImages, { documents, blobs })),
+      blobJobs,
+      undefined,
+      gate,
+    );
+  } finally {
+    await removeAll(temporaries);
+  }
   return results;
 }
 

@@ -230,3 +230,45 @@ Deno.test("early start: a layer the cache holds by its diff_id is taken from the
     assert.ok(said.some((m) => /found in the cache by its diff_id/.test(m)), said.join("\n"));
   });
 });
+
+Deno.test("early start: to standard output, the config is still there when the stream is written", async () => {
+  const image = indexed(buildImage({ layers: [600 * KiB, 48 * KiB] }));
+  for (const format of ["docker-archive", "oci-archive"] as const) {
+    await withRegistry(image, slowConfig(image, 200), async (host, dir) => {
+      const chunks: Uint8Array[] = [];
+      const stdout = new WritableStream<Uint8Array>({
+        write: (chunk) => void chunks.push(chunk.slice()),
+      });
+      const events: PullEvent[] = [];
+      await pull({
+        reference: `${host}/${image.repository}:multi`,
+        output: "-",
+        stdout,
+        format,
+        platform: "linux/amd64",
+        cacheDir: join(dir, "cache"),
+        onEvent: (e) => events.push(e),
+      });
+      assert.ok(
+        events.some((e) => e.type === "debug" && /layers requested while config/.test(e.message)),
+        format,
+      );
+      const total = chunks.reduce((n, c) => n + c.byteLength, 0);
+      const all = new Uint8Array(total);
+      let at = 0;
+      for (const c of chunks) {
+        all.set(c, at);
+        at += c.byteLength;
+      }
+      const files = readTar(all);
+      const config = files.get(`blobs/${image.config.digest.replace(":", "/")}`);
+      assert.ok(config && sha256(config) === image.config.digest, format);
+      // No temporary file of the early start is left in the cache.
+      assert.deepEqual(
+        (await listFiles(join(dir, "cache"))).filter((f) => /config/.test(f)),
+        [],
+        format,
+      );
+    });
+  }
+});
