@@ -17,7 +17,7 @@ import type { PullEventSink } from "./events.ts";
 import type { Descriptor } from "./manifest.ts";
 import { isLoopbackRegistry } from "./reference.ts";
 import { StallTimer, withRetries } from "./retry.ts";
-import { planSegments, type Segment, SegmentScheduler } from "./segments.ts";
+import { NEAR_LATENCY_MS, planSegments, type Segment, SegmentScheduler } from "./segments.ts";
 import { Semaphore } from "./semaphore.ts";
 import { type BlobStore, localIoError, type PartialState } from "./store.ts";
 import {
@@ -199,6 +199,11 @@ class RangeIgnored extends Error {}
 
 /** Where blob bytes come from: a registry ({@link RegistryClient}) or a plain URL. */
 export interface BlobSource {
+  /**
+   * The source's shortest request time so far (ms), when known: a near source (see
+   * {@link NEAR_LATENCY_MS}) gets one connection per blob.
+   */
+  readonly latencyMs?: number;
   /** Opens the blob (or a byte range of it); the caller consumes or cancels the body. */
   openBlob(
     digest: string,
@@ -502,24 +507,11 @@ async function createEmpty(path: string): Promise<void> {
 }
 
 /** Splits `size` bytes into segments for the policy's connections (see {@link planSegments}). */
-function initialSegments(size: number, policy: FetchPolicy): Segment[] {
+function initialSegments(size: number, policy: FetchPolicy, near: boolean): Segment[] {
   return planSegments(size, {
-    connections: policy.connectionCount,
+    connections: near ? 1 : policy.connectionCount,
     maxSegmentBytes: policy.maxSegmentBytes,
     minSegmentBytes: MIN_SEGMENT_BYTES,
-  });
-}
-
-/** Waits `ms`, or less when `signal` aborts (never rejects). */
-function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
   });
 }
 
@@ -601,17 +593,26 @@ class BlobTransfer {
     return this.#segments.reduce((sum, s) => sum + s.written, 0);
   }
 
+  /** Whether the source is near ({@link NEAR_LATENCY_MS}): one connection per blob. */
+  get #near(): boolean {
+    const latency = this.#client.latencyMs;
+    return latency !== undefined && latency < NEAR_LATENCY_MS;
+  }
+
   async run(): Promise<void> {
     const { size, digest } = this.#descriptor;
     this.#segments = this.#resume ??
       (size >= 0
-        ? initialSegments(size, this.#options.policy)
+        ? initialSegments(size, this.#options.policy, this.#near)
         : [{ start: 0, end: Infinity, written: 0 }]);
     // Bytes a previous run left on disk are hashed first, from the file.
     this.#schedulePump();
-    if (this.#segments.length > 1) {
+    // A big blob from a near source starts over one connection, watched (see #runSegments).
+    const watched = this.#resume === undefined && size >= 2 * MIN_SEGMENT_BYTES &&
+      this.#options.policy.connectionCount > 1 && this.#segments.length === 1;
+    if (this.#segments.length > 1 || watched) {
       try {
-        await this.#runSegments();
+        await this.#runSegments(watched);
       } catch (e) {
         if (!(e instanceof RangeIgnored)) throw e;
         this.#onEvent({
@@ -660,7 +661,7 @@ class BlobTransfer {
    * segment) and one that is left alone grows into the freed connections.
    * The first failure (after its retries) stops the others.
    */
-  async #runSegments(): Promise<void> {
+  async #runSegments(watched = false): Promise<void> {
     const policy = this.#options.policy;
     const stop = new AbortController();
     const signal = this.#options.signal
@@ -674,13 +675,30 @@ class BlobTransfer {
     // Counted at each decision (not in a `finally`), so that two workers
     // deciding in the same tick cannot both retire and strand the queue.
     let running = 0;
+    // Waiters (idle workers, the watcher) look again when a segment ends, or after a while.
+    let ended = Promise.withResolvers<void>();
+    const segmentEnded = () => {
+      ended.resolve();
+      ended = Promise.withResolvers<void>();
+    };
+    const pause = () =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          signal.removeEventListener("abort", done);
+          resolve();
+        };
+        const timer = setTimeout(done, SPLIT_POLL_MS);
+        signal.addEventListener("abort", done, { once: true });
+        ended.promise.then(done);
+      });
     const worker = async () => {
       for (;;) {
         let segment = signal.aborted ? undefined : scheduler.take(performance.now());
         // Nothing queued: an idle connection waits for a tail worth splitting, until the
         // last active segment ends.
         while (!segment && scheduler.active > 0 && !signal.aborted) {
-          await abortableDelay(SPLIT_POLL_MS, signal);
+          await pause();
           segment = signal.aborted ? undefined : scheduler.take(performance.now());
         }
         if (!segment) {
@@ -698,6 +716,7 @@ class BlobTransfer {
           stop.abort(e);
           throw e;
         }
+        segmentEnded();
         if (running > fairShare()) {
           running--;
           return;
@@ -711,13 +730,36 @@ class BlobTransfer {
         workers.push(worker());
       }
     };
+    // A blob started over one connection (a near source) is spread over the blob's share of
+    // connections as soon as its first request shows a far or slow one.
+    const watch = async () => {
+      const [only] = this.#segments;
+      for (;;) {
+        await pause();
+        if (signal.aborted || only.start + only.written >= only.end) return;
+        const decision = scheduler.spreadDecision(only, performance.now());
+        if (decision === "stay") return;
+        if (decision === "spread") {
+          const queued = scheduler.spread(only, fairShare());
+          this.#onEvent({
+            type: "debug",
+            message: `${this.#descriptor.digest}: one connection is not enough here; ` +
+              `${queued + 1} segments`,
+          });
+          grow();
+          return;
+        }
+      }
+    };
     policy.segmentedBlobs++;
+    let watching: Promise<void> | undefined;
     try {
       // Until every segment is fetched (or one failed); workers may retire or spawn others.
       while (scheduler.queued > 0 && !signal.aborted) {
         running++;
         workers.push(worker());
         grow();
+        if (watched) watching ??= watch();
         for (let settled = 0; settled < workers.length;) {
           const batch = workers.slice(settled);
           await Promise.allSettled(batch);
@@ -727,6 +769,7 @@ class BlobTransfer {
     } finally {
       policy.segmentedBlobs--;
     }
+    await watching;
     // A failed segment, or the caller's abort: never fall through to the size check.
     signal.throwIfAborted();
   }
@@ -823,7 +866,10 @@ class BlobTransfer {
         ? { start: from, end: Number.isFinite(requestedEnd) ? requestedEnd - 1 : undefined }
         : undefined,
     });
-    if (useRange) {
+    // The whole blob asked for as a range (a blob started over one connection) may come as a
+    // plain 200: the same bytes.
+    const whole = response.status === 200 && from === 0 && requestedEnd === this.#descriptor.size;
+    if (useRange && !whole) {
       const range = response.status === 206 ? contentRange(response) : null;
       const total = this.#descriptor.size;
       const matches = range !== null && range.start === from &&

@@ -15,6 +15,7 @@ import { MANIFEST_ACCEPT } from "./media_types.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
 import { StallTimer, withRetries } from "./retry.ts";
+import { NEAR_LATENCY_MS } from "./segments.ts";
 import {
   blobRequestHeaders,
   errorForResponse,
@@ -98,6 +99,8 @@ export class RegistryClient {
   #answering?: Promise<void>;
   /** The warm-up to start when the ping's token request goes out ({@link #warmUp}). */
   #warmPending?: () => void;
+  /** See {@link latencyMs}. */
+  #latencyMs?: number;
   /** Connections being opened ahead of the downloads ({@link #warmUp}); never rejects. */
   #warming?: Promise<void>;
   readonly #warmAbort = new AbortController();
@@ -346,11 +349,13 @@ export class RegistryClient {
       const authorization = await this.#session.authorization();
       const requestHeaders = new Headers(headers);
       if (authorization) requestHeaders.set("authorization", authorization);
+      const sent = performance.now();
       const response = await this.#transport.fetch(url, {
         method,
         headers: requestHeaders,
         signal: signal ?? this.options.signal,
       });
+      this.#measured(performance.now() - sent);
       // The registry answered on the remembered scheme: it is right.
       if (response.status !== 400) this.#baseRemembered = false;
       if (response.status !== 401 || attempt > 0) return response;
@@ -359,6 +364,26 @@ export class RegistryClient {
       // The remembered challenge (if any) is out of date: keep the one that worked.
       await this.#rememberEndpoint();
     }
+  }
+
+  /**
+   * The shortest time a request of this repository (manifest, tag, blob) took to its response
+   * headers, in ms: about one round trip plus the registry's own time, once a request has gone
+   * over an open connection. Undefined before the first request.
+   */
+  get latencyMs(): number | undefined {
+    return this.#latencyMs;
+  }
+
+  /**
+   * Records a request's time. The first one past the ping tells a near registry
+   * ({@link NEAR_LATENCY_MS}): its downloads use one connection per blob (lib/fetch.ts), so a
+   * warm-up still opening connections is stopped.
+   */
+  #measured(ms: number): void {
+    const first = this.#latencyMs === undefined;
+    if (first || ms < this.#latencyMs!) this.#latencyMs = ms;
+    if (first && ms < NEAR_LATENCY_MS) this.#warmAbort.abort();
   }
 
   get #manifestAccept(): string {

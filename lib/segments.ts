@@ -28,6 +28,15 @@ export interface Segment {
   written: number;
 }
 
+/**
+ * A source that answers within this many ms is near (loopback, the same LAN): there one
+ * connection per blob is fastest, since a single TCP stream is not what limits the transfer
+ * but the CPU (TLS, hashing, writing), which more streams only share out at a cost. Measured on
+ * 2 cores against a TLS registry on loopback: nginx-like 0.53 s with one connection per blob,
+ * 0.69–0.78 s in 16 segments; 512 MiB 1.8–2.3 s vs 2.4–2.6 s.
+ */
+export const NEAR_LATENCY_MS = 10;
+
 /** Limits of the first split (see {@link planSegments}). */
 export interface SegmentLimits {
   /** Connections the blob may use. */
@@ -57,6 +66,25 @@ export function planSegments(size: number, limits: SegmentLimits): Segment[] {
   }
   return segments;
 }
+
+/**
+ * A near source's single connection slower than this (bytes per second) is spread over more
+ * connections all the same: what limits it is then not the CPU but the connection (a
+ * pull-through cache fetching from far away, a throttled server).
+ */
+export const NEAR_SLOW_BYTES_PER_SECOND = 32 * 1024 * 1024;
+
+/** How long a near blob's single connection is watched before it is left alone. */
+const SPREAD_DECISION_MS = 500;
+
+/** A near blob's request with no byte for this long is spread (a far storage behind it). */
+const SILENT_FIRST_BYTE_MS = 250;
+
+/** Rates are trusted after this much time past the first byte. */
+const MIN_RATE_WINDOW_MS = 100;
+
+/** What to do with a blob fetched over one connection, as far as is known by now. */
+export type SpreadDecision = "spread" | "stay" | "wait";
 
 /** Options of {@link SegmentScheduler}. */
 export interface SchedulerOptions {
@@ -155,6 +183,50 @@ export class SegmentScheduler {
   /** A connection stopped fetching `segment` (done, failed, or handed back). */
   ended(segment: Segment): void {
     this.#active.delete(segment);
+  }
+
+  /**
+   * Whether a blob started over one connection (its source looked near) should be spread over
+   * more: yes when no byte came for a while after the request (the blob comes from somewhere
+   * far, say a storage redirect) or when it arrives slower than
+   * {@link NEAR_SLOW_BYTES_PER_SECOND}; no once it has run fast for a while; "wait" until then.
+   */
+  spreadDecision(segment: Segment, now: number): SpreadDecision {
+    const active = this.#active.get(segment);
+    if (!active) return segment.start + segment.written >= segment.end ? "stay" : "wait";
+    // The time to the first byte includes opening the connection (a TLS handshake can take
+    // tens of milliseconds of CPU even on loopback), so only a long silence counts as far.
+    if (active.firstByteAt === undefined) {
+      return now - active.requestedAt >= SILENT_FIRST_BYTE_MS ? "spread" : "wait";
+    }
+    const elapsed = now - active.firstByteAt;
+    if (elapsed < MIN_RATE_WINDOW_MS) return "wait";
+    const rate = ((active.received - active.receivedAtFirstByte) * 1000) / elapsed;
+    if (rate < NEAR_SLOW_BYTES_PER_SECOND) return "spread";
+    return elapsed >= SPREAD_DECISION_MS ? "stay" : "wait";
+  }
+
+  /**
+   * Cuts what is left of active `segment` into `pieces` equal parts (fewer when they would be
+   * under the minimum): the segment keeps the first, the others are queued. Returns how many
+   * were queued.
+   */
+  spread(segment: Segment, pieces: number): number {
+    const active = this.#active.get(segment);
+    const from = segment.start + Math.max(active?.received ?? 0, segment.written);
+    const left = segment.end - from;
+    const count = Math.min(pieces, Math.floor(left / this.#minSplit));
+    if (count < 2) return 0;
+    const size = Math.ceil(left / count / this.#align) * this.#align;
+    const tails: Segment[] = [];
+    for (let start = from + size; start < segment.end; start += size) {
+      tails.push({ start, end: Math.min(segment.end, start + size), written: 0 });
+    }
+    if (tails.length === 0) return 0;
+    segment.end = tails[0].start;
+    this.segments.splice(this.segments.indexOf(segment) + 1, 0, ...tails);
+    this.#queue.push(...tails);
+    return tails.length;
   }
 
   /** Cuts the active segment that will finish last; returns its second half, or undefined. */

@@ -110,3 +110,53 @@ Deno.test("segments: a resumed segment's earlier bytes do not count as its rate"
   assert.equal(a.end, tail.start);
   assert.ok(tail.start > 48 * MiB && tail.start < 49 * MiB, `${tail.start}`);
 });
+
+Deno.test("segments: a blob over one connection is spread when its source proves far or slow", () => {
+  const one = () => {
+    const scheduler = new SegmentScheduler([{ start: 0, end: 64 * MiB, written: 0 }], {
+      minSplitBytes: 256 * KiB,
+    });
+    const segment = scheduler.take(0)!;
+    scheduler.began(segment, 0);
+    return { scheduler, segment };
+  };
+  // Far: no byte for a quarter of a second (a slow first byte alone is a handshake, maybe).
+  let { scheduler, segment } = one();
+  assert.equal(scheduler.spreadDecision(segment, 100), "wait");
+  assert.equal(scheduler.spreadDecision(segment, 260), "spread");
+  ({ scheduler, segment } = one());
+  scheduler.progressed(segment, 64 * KiB, 60);
+  assert.equal(scheduler.spreadDecision(segment, 100), "wait");
+  // Near and fast (1 GB/s): left alone after half a second.
+  ({ scheduler, segment } = one());
+  scheduler.progressed(segment, 64 * KiB, 1);
+  scheduler.progressed(segment, 50 * MiB, 50);
+  assert.equal(scheduler.spreadDecision(segment, 50), "wait");
+  scheduler.progressed(segment, 60 * MiB, 510);
+  assert.equal(scheduler.spreadDecision(segment, 510), "stay");
+  // Near but slow (1 MiB/s): spread.
+  ({ scheduler, segment } = one());
+  scheduler.progressed(segment, 64 * KiB, 1);
+  scheduler.progressed(segment, 300 * KiB, 200);
+  assert.equal(scheduler.spreadDecision(segment, 200), "spread");
+  // Spreading: what is left, past what has arrived, in equal queued pieces.
+  const queued = scheduler.spread(segment, 4);
+  assert.equal(queued, 3);
+  assert.equal(scheduler.queued, 3);
+  covers(scheduler.segments, 64 * MiB);
+  assert.ok(segment.end > 300 * KiB);
+  const sizes = scheduler.segments.slice(1).map((s) => s.end - s.start);
+  assert.ok(sizes.every((n) => Math.abs(n - sizes[0]) <= 64 * KiB), `${sizes}`);
+  assert.equal(scheduler.take(200)!.start, segment.end);
+});
+
+Deno.test("segments: a spread never makes pieces under the minimum", () => {
+  const scheduler = new SegmentScheduler([{ start: 0, end: 700 * KiB, written: 0 }], {
+    minSplitBytes: 256 * KiB,
+  });
+  const segment = scheduler.take(0)!;
+  scheduler.began(segment, 0);
+  scheduler.progressed(segment, 200 * KiB, 20);
+  assert.equal(scheduler.spread(segment, 16), 0); // 500 KiB left: fewer than two pieces
+  assert.equal(segment.end, 700 * KiB);
+});
