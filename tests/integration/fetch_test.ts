@@ -360,3 +360,64 @@ Deno.test("fetch: a slow segment's tail is split off for a connection that is id
     assert.ok(elapsed < 1500, `took ${Math.round(elapsed)} ms`);
   });
 });
+
+Deno.test("fetch: a near source's blob starts over one connection and is spread when slow", async () => {
+  // Every request trickles (64 KiB per 20 ms, ~3 MiB/s): slower than a near connection should be.
+  const trickle: FaultHandler = (_req, ctx) => {
+    if (!ctx.bytes) return undefined;
+    const start = ctx.range?.start ?? 0;
+    const end = Math.min((ctx.range?.end ?? Infinity) + 1, ctx.bytes.byteLength);
+    let at = start;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let wake = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (at >= end) return controller.close();
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          timer = setTimeout(resolve, 20);
+        });
+        if (timer === undefined) return;
+        controller.enqueue(ctx.bytes!.slice(at, Math.min(end, at + 64 * 1024)));
+        at += 64 * 1024;
+      },
+      cancel() {
+        clearTimeout(timer);
+        timer = undefined;
+        wake();
+      },
+    });
+    return new Response(body, {
+      status: 206,
+      headers: {
+        "content-length": String(end - start),
+        "content-range": `bytes ${start}-${end - 1}/${ctx.bytes.byteLength}`,
+      },
+    });
+  };
+  await withFault(trickle, async ({ client, store, requests }) => {
+    // A registry that answered its first request within 10 ms: near.
+    const near = { latencyMs: 1, openBlob: client.openBlob.bind(client) };
+    const events: string[] = [];
+    const policy = fetchPolicy({ connections: 8, retries: 0 });
+    const { path } = await downloadBlob(near, DESCRIPTOR, store, {
+      policy,
+      onEvent: (e) => e.type === "debug" && events.push(e.message),
+    });
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
+    const ranges = requests.filter(isBlobRequest).map((r) => r.range);
+    assert.equal(ranges[0], `bytes=0-${BLOB.byteLength - 1}`, "one request for the whole blob");
+    assert.ok(ranges.length > 2, `spread over more connections: ${ranges}`);
+    assert.ok(events.some((m) => /one connection is not enough/.test(m)), events.join("\n"));
+  });
+});
+
+Deno.test("fetch: a near source's fast blob stays on one connection", async () => {
+  await withFault(undefined, async ({ client, store, requests }) => {
+    const near = { latencyMs: 1, openBlob: client.openBlob.bind(client) };
+    const policy = fetchPolicy({ connections: 8, retries: 0 });
+    const { path } = await downloadBlob(near, DESCRIPTOR, store, { policy });
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
+    assert.equal(requests.filter(isBlobRequest).length, 1);
+  });
+});
