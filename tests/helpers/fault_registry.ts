@@ -62,6 +62,11 @@ export interface FaultRegistryOptions {
    * Deno.serve otherwise prints with a stack trace).
    */
   quiet?: boolean;
+  /**
+   * Every answer but `/v2/`'s is held this long (ms): a far registry, whose blobs imgpull
+   * fetches in Range segments from the start (a near one gets one connection per blob).
+   */
+  latencyMs?: number;
 }
 
 function parseRange(header: string | null): FaultContext["range"] {
@@ -126,8 +131,11 @@ export function startFaultRegistry(options: FaultRegistryOptions): FaultRegistry
     onListen: () => {},
     ...(options.tls ?? {}),
     ...(options.quiet ? { onError: () => new Response(null, { status: 500 }) } : {}),
-  }, (req) => {
+  }, async (req) => {
     const path = new URL(req.url).pathname;
+    if (options.latencyMs && path !== "/v2/") {
+      await new Promise((resolve) => setTimeout(resolve, options.latencyMs));
+    }
     requests.push({
       method: req.method,
       path,

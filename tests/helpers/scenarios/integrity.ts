@@ -130,6 +130,8 @@ const blobIntegrity: Scenario[] = [
     let corrupted: number | undefined;
     return {
       imageOptions: { layers: [3 * MiB, 48 * KiB] },
+      // Far (answers after 15 ms): fetched in Range segments from the start.
+      latencyMs: 15,
       handler: (image) => (req, ctx) => {
         if (pathOf(req) !== targetPath(image, "layer") || !ctx.bytes || !ctx.range) {
           return undefined;

@@ -116,6 +116,8 @@ export interface FaultSetup {
   handler?: (image: TestImage) => Handler;
   /** Serve HTTPS with the test PKI (and pass --ca-cert). */
   tls?: boolean;
+  /** Hold every answer but `/v2/`'s this long: a far registry (segments from the start). */
+  latencyMs?: number;
   /** Reference to pull; default `<host>/<repository>:<tag>`. */
   ref?: (image: TestImage, registry: FaultRegistry) => string;
   /** Extra CLI arguments; a function when they name the registry (e.g. a second image). */
@@ -150,6 +152,7 @@ export function fault(
         fault: s.handler?.(image),
         tls: pki ? { cert: pki.serverCertPem, key: pki.serverKeyPem } : undefined,
         quiet: true,
+        latencyMs: s.latencyMs,
       });
       const run: FaultRun = {
         registry,

@@ -142,6 +142,8 @@ const resume: Scenario[] = [
     const state: { cut?: Cut } = {};
     return {
       imageOptions: { layers: [3 * MiB, 48 * KiB] },
+      // Far (answers after 15 ms): fetched in Range segments from the start.
+      latencyMs: 15,
       handler: (image) => (req, ctx) =>
         pathOf(req) === targetPath(image, "layer") && (ctx.range?.start ?? 0) > 0
           ? cutFirst(state, ctx, 300 * KiB)
