@@ -10,7 +10,8 @@
  *
  * @module
  */
-import { DigestHasher, parseDigest } from "./digest.ts";
+import { Checkpointer, InOrderHasher } from "./blob_progress.ts";
+import { parseDigest } from "./digest.ts";
 import { formatBytes } from "./compression.ts";
 import { ImgpullError, IntegrityError, InvalidContentError, NotFoundError } from "./errors.ts";
 import type { PullEventSink } from "./events.ts";
@@ -46,8 +47,6 @@ const MIN_SEGMENT_BYTES = 512 * 1024;
 const MIN_SPLIT_BYTES = 256 * 1024;
 /** How often an idle connection looks for a tail to split. */
 const SPLIT_POLL_MS = 50;
-/** The read-back hasher lets network reads run after this many bytes. */
-const PUMP_YIELD_BYTES = 8 * 1024 * 1024;
 /** How often resume information of a partial blob is saved. */
 const CHECKPOINT_MS = 1000;
 
@@ -528,7 +527,12 @@ function contentRange(response: Response): { start: number; end: number; total?:
   };
 }
 
-/** One blob's bytes flowing from the registry into a file, hashed in order. */
+/**
+ * One blob's bytes flowing from the registry into its files: the requests, the reads and the
+ * writes. Which byte ranges to ask for, and when to split one, is the scheduler's
+ * (lib/segments.ts); the hash in order and the resume information are the small pieces of
+ * lib/blob_progress.ts.
+ */
 class BlobTransfer {
   readonly #client: BlobSource;
   readonly #descriptor: Descriptor;
@@ -536,19 +540,15 @@ class BlobTransfer {
   readonly #sinks: BlobSink[];
   readonly #options: DownloadOptions;
   readonly #onEvent: PullEventSink;
-  #hasher: DigestHasher;
-  /** Bytes hashed so far: everything before this offset is in the hash. */
-  #cursor = 0;
-  #pumping?: Promise<void>;
-  #pumpBuffer?: Uint8Array;
+  /** The digest over the whole blob in order, whatever order the segments arrive in. */
+  readonly #hasher: InOrderHasher;
   #segments: Segment[] = [];
   /** Furthest position each segment (by its start) ever reached, across restarts. */
   readonly #reached = new Map<number, number>();
   readonly #resume?: Segment[];
-  readonly #checkpoint?: (state: PartialState) => Promise<void>;
+  /** Saves resume information of the cache's partial (absent for a scratch download). */
+  readonly #checkpoints?: Checkpointer;
   #lastProgress = 0;
-  #lastCheckpoint = 0;
-  #checkpointing?: Promise<void>;
 
   constructor(
     client: BlobSource,
@@ -565,28 +565,16 @@ class BlobTransfer {
     this.#sinks = sinks;
     this.#options = options;
     this.#onEvent = options.onEvent ?? (() => {});
-    this.#hasher = new DigestHasher(parseDigest(descriptor.digest).algorithm);
+    const segments = () => this.#segments;
+    this.#hasher = new InOrderHasher(parseDigest(descriptor.digest).algorithm, sinks[0], segments);
     this.#resume = persistence.resume?.map((s) => ({ ...s }));
-    this.#checkpoint = persistence.checkpoint;
+    const save = persistence.checkpoint;
+    if (save) this.#checkpoints = new Checkpointer(descriptor.size, segments, save, CHECKPOINT_MS);
   }
 
   /** Saves how much is written now (after a failure, so the next run can resume). */
   async checkpointNow(): Promise<void> {
-    await this.#checkpointing;
-    if (!this.#checkpoint || !this.#segments.every((s) => Number.isFinite(s.end))) return;
-    await this.#checkpoint({
-      size: this.#descriptor.size,
-      segments: this.#segments.map((s) => ({ ...s })),
-    });
-  }
-
-  #maybeCheckpoint(): void {
-    const now = Date.now();
-    if (!this.#checkpoint || this.#checkpointing || now - this.#lastCheckpoint < CHECKPOINT_MS) {
-      return;
-    }
-    this.#lastCheckpoint = now;
-    this.#checkpointing = this.checkpointNow().finally(() => this.#checkpointing = undefined);
+    await this.#checkpoints?.now();
   }
 
   get #received(): number {
@@ -606,7 +594,7 @@ class BlobTransfer {
         ? initialSegments(size, this.#options.policy, this.#near)
         : [{ start: 0, end: Infinity, written: 0 }]);
     // Bytes a previous run left on disk are hashed first, from the file.
-    this.#schedulePump();
+    this.#hasher.schedule();
     // A big blob from a near source starts over one connection, watched (see #runSegments).
     const watched = this.#resume === undefined && size >= 2 * MIN_SEGMENT_BYTES &&
       this.#options.policy.connectionCount > 1 && this.#segments.length === 1;
@@ -626,10 +614,10 @@ class BlobTransfer {
     } else {
       await this.#runWhole();
     }
-    await this.#checkpointing;
-    await this.#pump();
+    await this.#checkpoints?.settled();
+    await this.#hasher.settle();
     const received = this.#received;
-    if (size >= 0 && (received !== size || this.#cursor !== size)) {
+    if (size >= 0 && (received !== size || this.#hasher.cursor !== size)) {
       throw new IntegrityError(`blob ${digest}: received ${received} bytes, expected ${size}`);
     }
     const actual = this.#hasher.digest();
@@ -642,9 +630,7 @@ class BlobTransfer {
   }
 
   async #reset(): Promise<void> {
-    await this.#pumping;
-    this.#hasher = new DigestHasher(parseDigest(this.#descriptor.digest).algorithm);
-    this.#cursor = 0;
+    await this.#hasher.reset();
     // No truncation: the restarted transfer overwrites every position again.
   }
 
@@ -951,15 +937,10 @@ class BlobTransfer {
       filled = 0;
       const position = segment.start + segment.written;
       for (const file of files) this.#write(file, bytes);
-      // Bytes at the hash cursor are hashed now; others wait for the pump.
-      if (position === this.#cursor && !this.#pumping) {
-        this.#hasher.update(bytes);
-        this.#cursor += bytes.byteLength;
-      }
       segment.written += bytes.byteLength;
-      if (this.#cursor < position) this.#schedulePump();
+      this.#hasher.offer(position, bytes);
       this.#progress();
-      this.#maybeCheckpoint();
+      this.#checkpoints?.maybe();
     };
     try {
       for (;;) {
@@ -1038,7 +1019,7 @@ class BlobTransfer {
       pool.push(gathered.buffer);
       if (readBuffer?.byteLength === READ_BUFFER_BYTES) reads.push(readBuffer);
     }
-    this.#schedulePump();
+    this.#hasher.schedule();
   }
 
   /**
@@ -1063,47 +1044,5 @@ class BlobTransfer {
     this.#lastProgress = now;
     const { digest, size } = this.#descriptor;
     this.#onEvent({ type: "blob-progress", digest, received: this.#received, size });
-  }
-
-  #schedulePump(): void {
-    this.#pumping ??= this.#pumpFromDisk().finally(() => this.#pumping = undefined);
-  }
-
-  /** Waits for any running pump, then hashes whatever is contiguous on disk. */
-  async #pump(): Promise<void> {
-    await this.#pumping;
-    this.#schedulePump();
-    await this.#pumping;
-  }
-
-  /** The contiguous bytes on disk from the cursor on. */
-  #frontier(): number {
-    for (const s of this.#segments) {
-      if (this.#cursor < s.end) return Math.max(this.#cursor, s.start + s.written);
-    }
-    return this.#cursor;
-  }
-
-  /** Reads bytes written ahead of the cursor back from the file and hashes them in order. */
-  async #pumpFromDisk(): Promise<void> {
-    if (this.#frontier() <= this.#cursor) return;
-    const sink = this.#sinks[0];
-    using file = await Deno.open(sink.path, { read: true });
-    const buffer = this.#pumpBuffer ??= new Uint8Array(WRITE_BUFFER_BYTES);
-    // Read synchronously (from the page cache, as written), letting the network in between.
-    let sinceYield = 0;
-    for (let frontier = this.#frontier(); this.#cursor < frontier; frontier = this.#frontier()) {
-      file.seekSync(sink.offset + this.#cursor, Deno.SeekMode.Start);
-      const want = Math.min(buffer.byteLength, frontier - this.#cursor);
-      const n = file.readSync(buffer.subarray(0, want));
-      if (n === null || n === 0) break;
-      this.#hasher.update(buffer.subarray(0, n));
-      this.#cursor += n;
-      sinceYield += n;
-      if (sinceYield >= PUMP_YIELD_BYTES) {
-        sinceYield = 0;
-        await new Promise((resolve) => setTimeout(resolve, 0));
-      }
-    }
   }
 }
