@@ -282,18 +282,27 @@ function imgpullTools(
   }));
 }
 
-/** imgpull at its default setting writing another format (`--format oci-archive|rootfs`). */
-function imgpullFormatTool(
+/** A row of imgpull at its default setting with extra arguments (another format, more images). */
+interface ImgpullVariant {
+  id: string;
+  label: string;
+  /** Arguments added for `image`'s row. */
+  args(image: BenchImage): string[];
+  /** What the output is (checked once per image). */
+  kind: ArchiveKind;
+}
+
+function imgpullVariantTool(
   o: Options,
   env: BenchEnv,
   main: string,
   noCache: boolean,
   denoDir: string,
-  format: "oci-archive" | "rootfs",
+  variant: ImgpullVariant,
 ): Tool {
   return {
-    id: format === "rootfs" ? "imgpull-rootfs" : "imgpull-oci",
-    label: `imgpull c=3 --format ${format}`,
+    id: variant.id,
+    label: variant.label,
     async run(image, runDir, first) {
       const home = join(runDir, "home");
       await Deno.mkdir(home);
@@ -304,18 +313,35 @@ function imgpullFormatTool(
         caCert: env.caCertPath,
         username: env.user,
         password: env.password,
-        extraArgs: ["--format", format],
+        extraArgs: variant.args(image),
       }, { main, concurrency: 3, output, home, denoDir, noCache, timeoutMs: o.timeoutMs });
-      check(r, `imgpull --format ${format}`);
-      if (first) await verifyArchive(output, `imgpull --format ${format}`, format);
+      check(r, variant.label);
+      if (first) await verifyArchive(output, variant.label, variant.kind);
       return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
     },
   };
 }
 
+/** imgpull writing another format (`--format oci-archive|rootfs`). */
+function imgpullFormatTool(
+  o: Options,
+  env: BenchEnv,
+  main: string,
+  noCache: boolean,
+  denoDir: string,
+  format: "oci-archive" | "rootfs",
+): Tool {
+  return imgpullVariantTool(o, env, main, noCache, denoDir, {
+    id: format === "rootfs" ? "imgpull-rootfs" : "imgpull-oci",
+    label: `imgpull c=3 --format ${format}`,
+    args: () => ["--format", format],
+    kind: format,
+  });
+}
+
 /**
- * imgpull at its default setting writing every image of the run into one docker-archive (the
- * image of the row first, then the others): peak RSS with several images in one output.
+ * imgpull writing every image of the run into one docker-archive (the image of the row first,
+ * then the others): peak RSS with several images in one output.
  */
 function imgpullSeveralTool(
   o: Options,
@@ -324,26 +350,12 @@ function imgpullSeveralTool(
   noCache: boolean,
   denoDir: string,
 ): Tool {
-  return {
+  return imgpullVariantTool(o, env, main, noCache, denoDir, {
     id: "imgpull-multi",
     label: `imgpull c=3, the ${env.images.length} images of the run in one archive`,
-    async run(image, runDir) {
-      const home = join(runDir, "home");
-      await Deno.mkdir(home);
-      const output = join(runDir, "out.tar");
-      const others = env.images.filter((i) => i !== image).map((i) => `${env.host}/${i.reference}`);
-      const r = await runImgpull({
-        reference: `${env.host}/${image.reference}`,
-        platform: image.platform,
-        caCert: env.caCertPath,
-        username: env.user,
-        password: env.password,
-        extraArgs: others,
-      }, { main, concurrency: 3, output, home, denoDir, noCache, timeoutMs: o.timeoutMs });
-      check(r, "imgpull (several images)");
-      return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
-    },
-  };
+    args: (image) => env.images.filter((i) => i !== image).map((i) => `${env.host}/${i.reference}`),
+    kind: "docker-archive",
+  });
 }
 
 /**

@@ -724,6 +724,18 @@ async function removeAll(paths: readonly string[]): Promise<void> {
   await Promise.all(paths.map((path) => Deno.remove(path).catch(() => {})));
 }
 
+/** One job per layer of an archive image: copied in when it has a path, else downloaded. */
+function layerJobs(layers: ArchiveLayer[], manifest: ImageManifest, source: Source): BlobJob[] {
+  return layers.map((l, index): BlobJob => ({
+    digest: l.digest,
+    size: l.size,
+    path: l.path,
+    descriptor: manifest.layers[index],
+    client: source.client,
+    index,
+  }));
+}
+
 /** The config of an early start shows what the manifest could not: the usual path takes over. */
 class EarlyStartAbandoned extends Error {}
 
@@ -771,14 +783,7 @@ async function pullDockerArchiveEarly(
       ? { name: entry.name, type: entry.type, size: entry.size, digest: config.digest }
       : entry
   );
-  const jobs = layers.map((l, index): BlobJob => ({
-    digest: l.digest,
-    size: l.size,
-    path: l.path,
-    descriptor: manifest.layers[index],
-    client: source.client,
-    index,
-  }));
+  const jobs = layerJobs(layers, manifest, source);
   // Its own failure switch: abandoning stops these downloads, not the pull.
   const failure = new AbortController();
   const attempt: PullRun = {
@@ -902,14 +907,7 @@ async function prepareDockerImage(
     // Converted in this run: its blob-done was reported by the download.
     if (!cached) reported.add(layers[index].digest);
   });
-  const jobs = layers.map((l, index): BlobJob => ({
-    digest: l.digest,
-    size: l.size,
-    path: l.path,
-    descriptor: manifest.layers[index],
-    client: source.client,
-    index,
-  }));
+  const jobs = layerJobs(layers, manifest, source);
   return {
     image: { repoTags: source.repoTags, configDigest: manifest.config.digest, configBytes, layers },
     jobs,

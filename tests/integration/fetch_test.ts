@@ -299,33 +299,40 @@ Deno.test("fetch: a descriptor larger than --max-layer-size is refused before an
   });
 });
 
+/**
+ * A body of `bytes[start, end)` in 64 KiB pieces, `delayMs` apart; when the client leaves (its
+ * tail went to another connection), no timer outlives the test.
+ */
+function trickleBody(bytes: Uint8Array, start: number, end: number, delayMs: number) {
+  let at = start;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let wake = () => {};
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (at >= end) return controller.close();
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        timer = setTimeout(resolve, delayMs);
+      });
+      if (timer === undefined) return; // cancelled meanwhile
+      controller.enqueue(bytes.slice(at, Math.min(end, at + 64 * 1024)));
+      at += 64 * 1024;
+    },
+    cancel() {
+      clearTimeout(timer);
+      timer = undefined;
+      wake();
+    },
+  });
+}
+
 Deno.test("fetch: a slow segment's tail is split off for a connection that is idle", async () => {
   // The request for the first segment (from byte 0) trickles: 64 KiB every 50 ms; the rest
   // comes at once. Idle connections take the second half of what it has left, repeatedly.
   const slow: FaultHandler = (_req, ctx) => {
     if (!ctx.bytes || ctx.range?.start !== 0) return undefined;
     const end = Math.min((ctx.range.end ?? Infinity) + 1, ctx.bytes.byteLength);
-    let at = 0;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let wake = () => {};
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (at >= end) return controller.close();
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          timer = setTimeout(resolve, 50);
-        });
-        if (timer === undefined) return; // cancelled meanwhile
-        controller.enqueue(ctx.bytes!.slice(at, Math.min(end, at + 64 * 1024)));
-        at += 64 * 1024;
-      },
-      cancel() {
-        // The client left (its tail went to another connection): no timer outlives the test.
-        clearTimeout(timer);
-        timer = undefined;
-        wake();
-      },
-    });
+    const body = trickleBody(ctx.bytes, 0, end, 50);
     return new Response(body, {
       status: 206,
       headers: {
@@ -367,26 +374,7 @@ Deno.test("fetch: a near source's blob starts over one connection and is spread 
     if (!ctx.bytes) return undefined;
     const start = ctx.range?.start ?? 0;
     const end = Math.min((ctx.range?.end ?? Infinity) + 1, ctx.bytes.byteLength);
-    let at = start;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let wake = () => {};
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (at >= end) return controller.close();
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          timer = setTimeout(resolve, 20);
-        });
-        if (timer === undefined) return;
-        controller.enqueue(ctx.bytes!.slice(at, Math.min(end, at + 64 * 1024)));
-        at += 64 * 1024;
-      },
-      cancel() {
-        clearTimeout(timer);
-        timer = undefined;
-        wake();
-      },
-    });
+    const body = trickleBody(ctx.bytes, start, end, 20);
     return new Response(body, {
       status: 206,
       headers: {

@@ -153,7 +153,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     "warn",
   ]);
   const ctr = (args: string[]) => run("ctr", ["--address", address, ...args]);
-  const deadline = Date.now() + 20_000;
+  // As long as dockerd gets: on two busy cores containerd once took more than 20 s to answer.
+  const deadline = Date.now() + 60_000;
   let last: CommandResult | undefined;
   while (true) {
     if (proc.exitStatus) break;
