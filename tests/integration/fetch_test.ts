@@ -409,3 +409,25 @@ Deno.test("fetch: a near source's fast blob stays on one connection", async () =
     assert.equal(requests.filter(isBlobRequest).length, 1);
   });
 });
+
+Deno.test("fetch: a near source's slow blob from a server ignoring Range still arrives whole", async () => {
+  // Every request gets the whole blob with 200, slowly: the spread's segments are refused as
+  // ranges and the blob is fetched once more over one connection.
+  const ignoring: FaultHandler = (_req, ctx) => {
+    if (!ctx.bytes) return undefined;
+    const body = trickleBody(ctx.bytes, 0, ctx.bytes.byteLength, 5);
+    return new Response(body, { headers: { "content-length": String(ctx.bytes.byteLength) } });
+  };
+  await withFault(ignoring, async ({ client, store, requests }) => {
+    const near = { latencyMs: 1, openBlob: client.openBlob.bind(client) };
+    const events: string[] = [];
+    const policy = fetchPolicy({ connections: 4, retries: 0 });
+    const { path } = await downloadBlob(near, DESCRIPTOR, store, {
+      policy,
+      onEvent: (e) => e.type === "debug" && events.push(e.message),
+    });
+    assert.deepEqual(await Deno.readFile(path!), BLOB);
+    assert.ok(events.some((m) => /ignores Range/.test(m)), events.join("\n"));
+    assert.ok(requests.filter(isBlobRequest).length >= 3);
+  });
+});
