@@ -245,6 +245,7 @@ function parseOptions(args: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Tools
 
+/** imgpull's docker-archive rows, one per `--max-concurrent-downloads` setting (the sweep). */
 function imgpullTools(
   o: Options,
   env: BenchEnv,
@@ -252,40 +253,23 @@ function imgpullTools(
   noCache: boolean,
   denoDir: string,
 ): Tool[] {
-  return o.settings.map((c) => ({
-    id: `imgpull-${c}`,
-    label: `imgpull c=${c}${c === 3 ? " (default)" : ""}`,
-    concurrency: c,
-    async run(image, runDir, first) {
-      const home = join(runDir, "home");
-      await Deno.mkdir(home);
-      const output = join(runDir, "out.tar");
-      const r = await runImgpull({
-        reference: `${env.host}/${image.reference}`,
-        platform: image.platform,
-        caCert: env.caCertPath,
-        username: env.user,
-        password: env.password,
-      }, {
-        main,
-        concurrency: c,
-        output,
-        home,
-        denoDir,
-        noCache,
-        timeoutMs: o.timeoutMs,
-      });
-      check(r, `imgpull c=${c}`);
-      if (first) await verifyArchive(output, `imgpull c=${c}`);
-      return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
-    },
-  }));
+  return o.settings.map((c) =>
+    imgpullVariantTool(o, env, main, noCache, denoDir, {
+      id: `imgpull-${c}`,
+      label: `imgpull c=${c}${c === 3 ? " (default)" : ""}`,
+      concurrency: c,
+      args: () => [],
+      kind: "docker-archive",
+    })
+  );
 }
 
-/** A row of imgpull at its default setting with extra arguments (another format, more images). */
+/** A row of imgpull: a concurrency setting, or extra arguments (another format, more images). */
 interface ImgpullVariant {
   id: string;
   label: string;
+  /** `--max-concurrent-downloads` of a sweep row; the other rows run at the default (3). */
+  concurrency?: number;
   /** Arguments added for `image`'s row. */
   args(image: BenchImage): string[];
   /** What the output is (checked once per image). */
@@ -305,6 +289,7 @@ function imgpullVariantTool(
   return {
     id: variant.id,
     label: variant.label,
+    concurrency: variant.concurrency,
     prepare: variant.prepare,
     async run(image, runDir, first) {
       const home = join(runDir, "home");
@@ -317,7 +302,15 @@ function imgpullVariantTool(
         username: env.user,
         password: env.password,
         extraArgs: variant.args(image),
-      }, { main, concurrency: 3, output, home, denoDir, noCache, timeoutMs: o.timeoutMs });
+      }, {
+        main,
+        concurrency: variant.concurrency ?? 3,
+        output,
+        home,
+        denoDir,
+        noCache,
+        timeoutMs: o.timeoutMs,
+      });
       check(r, variant.label);
       if (first) await verifyArchive(output, variant.label, variant.kind);
       return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
